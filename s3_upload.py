@@ -1,0 +1,1903 @@
+#!/usr/bin/env python3
+"""s3_upload: multi-threaded, resumable migration of files and objects into Amazon S3.
+
+Moves a local folder (LOCAL_TO_S3) or a bucket/prefix of another S3 account, region,
+partition or S3-compatible store (S3_TO_S3) into an S3 bucket. Big files travel as
+multipart uploads, many parts and many files at once; data from S3 passes through
+memory one part at a time and never touches the local disk. Kill it at any moment and
+run it again: it asks the destination which parts already arrived, proves they belong
+to the current source, and sends only the rest. Every request carries Content-MD5 and
+every finished object is checked against the ETag computed from the parts.
+
+Usage::
+
+    python3 s3_upload.py --nogui                       # run the job in s3_upload_config.ini
+    python3 s3_upload.py --nogui --config job.ini --report report.json
+    python3 s3_upload.py --nogui --set MaxThread=10 --set S3Prefix=backup
+    python3 s3_upload.py --demo                        # a real transfer to a local S3 (moto)
+
+A minimal ini names only what the job needs::
+
+    [Basic]
+    JobType = LOCAL_TO_S3
+    DesBucket = my-bucket
+
+    [LOCAL_TO_S3]
+    SrcDir = /data/to/upload
+
+As a library::
+
+    config = Config.load('job.ini', overrides={'MaxThread': '10'})
+    report = run_job(config)
+    print(report.files_transferred, report.bytes_transferred)
+
+Exit codes: 0 every selected file is at the destination and verified; 1 some files
+failed (the others are done); 2 bad input or configuration, found before any transfer;
+130 / 143 stopped by Ctrl-C / SIGTERM (everything left resumable).
+"""
+
+from __future__ import annotations
+
+__version__ = '2.0.0'
+__license__ = 'MIT-0'
+
+import argparse
+import base64
+import configparser
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+logger = logging.getLogger('s3_upload')
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_OBJECT_SIZE = 5 * TiB
+MAX_PUT_SIZE = 5 * GiB
+MAX_KEY_BYTES = 1024
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class ConfigError(Exception):
+    """Bad input found before any transfer: one line for the user, exit code 2."""
+
+
+###############################################################################
+# Config ######################################################################
+###############################################################################
+
+JOB_TYPES = ('LOCAL_TO_S3', 'S3_TO_S3', 'ALIOSS_TO_S3')
+STORAGE_CLASSES = ('STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA',
+                   'INTELLIGENT_TIERING', 'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR',
+                   'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE')
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _prefix(value: str) -> str:
+    """A folder-like prefix: no leading or trailing '/', '' for the bucket root."""
+    value = value.strip().strip('/')
+    return '' if value in ('', '.') else value
+
+
+def _endpoint(value: str) -> Optional[str]:
+    """'AWS' or empty means the AWS default endpoint (None); a bare host gets https://."""
+    value = value.strip()
+    if value.upper() in ('', 'AWS'):
+        return None
+    if '://' not in value:
+        value = 'https://' + value
+    if not value.startswith(('http://', 'https://')):
+        raise ValueError('must be AWS, empty, or an http(s):// URL')
+    return value.rstrip('/')
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ('true', 'yes', 'on', '1'):
+        return True
+    if lowered in ('false', 'no', 'off', '0'):
+        return False
+    raise ValueError('must be True or False')
+
+
+def _int_range(low: int, high: int, unit: str = '') -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ValueError(f'must be a whole number{unit} from {low} to {high}')
+        return number
+    return parse
+
+
+def _float_range(low: float, high: float, unit: str = '') -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ValueError(f'must be a number{unit} from {low:g} to {high:g}')
+        return number
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        for choice in choices:
+            if value.strip().upper() == choice.upper():
+                return choice
+        raise ValueError('must be one of ' + ', '.join(choices))
+    return parse
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Empty means 'not set' (None); anything else goes through parse."""
+    return lambda value: None if not value.strip() else parse(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One ini key: where it lives, its default (as written in the ini) and how to read it."""
+    section: str
+    name: str
+    default: Optional[str]
+    parse: Callable[[str], Any]
+    help: str
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option('Basic', 'JobType', 'LOCAL_TO_S3', _choice(*JOB_TYPES), 'LOCAL_TO_S3 | S3_TO_S3 | ALIOSS_TO_S3'),
+    Option('Basic', 'DesProfileName', 'default', _text, 'AWS profile of the destination (empty = default credential chain)'),
+    Option('Basic', 'DesEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else the URL of an S3-compatible endpoint'),
+    Option('Basic', 'DesRegion', '', _text, 'destination region (empty = the profile\'s region)'),
+    Option('Basic', 'DesBucket', None, _text, 'destination bucket'),
+    Option('Basic', 'S3Prefix', '', _prefix, 'destination folder in the bucket (empty = bucket root)'),
+    Option('Basic', 'SrcFileIndex', '*', _text, '* = everything below the source, recursively; else one file/key relative to it'),
+    Option('LOCAL_TO_S3', 'SrcDir', None, _text, 'local source folder'),
+    Option('S3_TO_S3', 'SrcProfileName', 'default', _text, 'AWS profile of the source'),
+    Option('S3_TO_S3', 'SrcEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else an S3-compatible URL'),
+    Option('S3_TO_S3', 'SrcRegion', '', _text, 'source region (empty = the profile\'s region)'),
+    Option('S3_TO_S3', 'SrcBucket', None, _text, 'source bucket'),
+    Option('S3_TO_S3', 'SrcPrefix', None, _prefix, 'source folder (default: S3Prefix)'),
+    Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
+    Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
+    Option('Advanced', 'MaxThread', '6', _int_range(1, 256), 'parts in flight per file'),
+    Option('Advanced', 'MaxParallelFile', '8', _int_range(1, 256), 'files in flight'),
+    Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
+    Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
+    Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
+    Option('Advanced', 'LoggingLevel', 'INFO', _choice(*LOG_LEVELS), 'DEBUG | INFO | WARNING | ERROR'),
+    Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')), 'files smaller than this (MiB) go in one PutObject (default: ChunkSize)'),
+    Option('Advanced', 'LogDir', 'log', _text, 'folder for log files and the resume journal'),
+    Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'), 'upper bound on upload rate in MiB/s (0 = none)'),
+    Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
+    Option('Advanced', 'ListPageSize', '1000', _int_range(1, 1000), 'keys, uploads or parts asked for per list request'),
+)
+OPTIONS_BY_KEY: Dict[str, Option] = {option.name.lower(): option for option in OPTIONS}
+SECTIONS = tuple(dict.fromkeys(option.section for option in OPTIONS))
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word.lower(), [c.lower() for c in candidates], n=1, cutoff=0.6)
+    if not close:
+        return ''
+    original = next(c for c in candidates if c.lower() == close[0])
+    return f' (did you mean {original}?)'
+
+
+class Config:
+    """Every setting of a job, parsed and checked; attributes are named as the ini keys."""
+
+    JobType: str
+    DesProfileName: str
+    DesEndPointURL: Optional[str]
+    DesRegion: str
+    DesBucket: str
+    S3Prefix: str
+    SrcFileIndex: str
+    SrcDir: str
+    SrcProfileName: str
+    SrcEndPointURL: Optional[str]
+    SrcRegion: str
+    SrcBucket: str
+    SrcPrefix: str
+    ChunkSize: int
+    MaxRetry: int
+    MaxThread: int
+    MaxParallelFile: int
+    StorageClass: str
+    ifVerifyMD5: bool
+    DontAskMeToClean: bool
+    LoggingLevel: str
+    ResumableThreshold: int
+    LogDir: str
+    BandwidthLimit: float
+    RetryMode: str
+    ListPageSize: int
+
+    def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = ()) -> None:
+        self.path = path
+        self.warnings = list(warnings)
+        self.raw = dict(raw)
+        for option in OPTIONS:
+            text = raw.get(option.name.lower(), option.default)
+            value = None
+            if text is not None:
+                try:
+                    value = option.parse(text)
+                except ValueError as error:
+                    raise ConfigError(f'[{option.section}] {option.name} = {text.strip()!r} {error}: '
+                                      f'fix it in {path or "the settings"}') from None
+            setattr(self, option.name, value)
+        if self.SrcPrefix is None:
+            self.SrcPrefix = self.S3Prefix
+        if self.ResumableThreshold is None:
+            self.ResumableThreshold = self.ChunkSize
+        self._check_required()
+
+    def _check_required(self) -> None:
+        needed = ['DesBucket']
+        if self.JobType == 'LOCAL_TO_S3':
+            needed.append('SrcDir')
+        elif self.JobType == 'S3_TO_S3':
+            needed.append('SrcBucket')
+        for name in needed:
+            if not getattr(self, name):
+                option = OPTIONS_BY_KEY[name.lower()]
+                raise ConfigError(f'[{option.section}] {name} is missing or empty: set the {option.help} '
+                                  f'in {self.path or "the settings"}')
+        for name in ('DesBucket', 'SrcBucket'):
+            if getattr(self, name) and '/' in getattr(self, name):
+                raise ConfigError(f'{name} = {getattr(self, name)!r} must be a bucket name, without "/": '
+                                  'put folders in S3Prefix / SrcPrefix')
+
+    @classmethod
+    def load(cls, path: str, overrides: Optional[Dict[str, str]] = None) -> 'Config':
+        """Read an ini file (keys case-insensitive, sections optional) plus KEY=VALUE overrides."""
+        try:
+            with open(path, 'rb') as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise ConfigError(f'config file not found: {path}: pass --config PATH or copy '
+                              's3_upload_config.ini beside the script') from None
+        except OSError as error:
+            raise ConfigError(f'cannot read config file {path}: {error.strerror}: check its permissions') from None
+        try:
+            text = data.decode('utf-8-sig')
+        except UnicodeDecodeError as error:
+            raise ConfigError(f'config file {path} is not UTF-8 text (byte {error.start}): '
+                              'save it as UTF-8') from None
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'),
+                                           strict=True)
+        try:
+            parser.read_string(text, source=path)
+        except configparser.Error as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError(f'config file {path} cannot be parsed: {first_line}: fix that line') from None
+        raw: Dict[str, str] = {}
+        warnings = []
+        known_sections = {s.lower() for s in SECTIONS} | {'alioss_to_s3', 'cluster'}
+        for section in parser.sections():
+            if section.lower() not in known_sections:
+                warnings.append(f'{path}: unknown section [{section}] ignored'
+                                + _did_you_mean(section, SECTIONS))
+            for key, value in parser.items(section):
+                if key in OPTIONS_BY_KEY:
+                    raw[key] = value
+                elif section.lower() in known_sections:
+                    warnings.append(f'{path}: unknown key {key!r} in [{section}] ignored'
+                                    + _did_you_mean(key, [o.name for o in OPTIONS]))
+        for key, value in (overrides or {}).items():
+            if key.lower() not in OPTIONS_BY_KEY:
+                raise ConfigError(f'--set {key}: unknown key' + _did_you_mean(key, [o.name for o in OPTIONS])
+                                  + '; see --help for the keys')
+            raw[key.lower()] = value
+        return cls(raw, path, warnings)
+
+    @classmethod
+    def from_settings(cls, settings: Dict[str, Any]) -> 'Config':
+        """Build a config from a mapping of ini key -> value (GUI, demo and library use)."""
+        overrides = {key: str(value) for key, value in settings.items()}
+        for key in overrides:
+            if key.lower() not in OPTIONS_BY_KEY:
+                raise ConfigError(f'unknown key {key}' + _did_you_mean(key, [o.name for o in OPTIONS]))
+        return cls({key.lower(): value for key, value in overrides.items()}, 'the settings')
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.ChunkSize * MiB
+
+    @property
+    def threshold_bytes(self) -> int:
+        return self.ResumableThreshold * MiB
+
+
+###############################################################################
+# S3 clients and errors #######################################################
+###############################################################################
+
+class Stopped(Exception):
+    """The user asked to stop; the work in hand is left resumable."""
+
+
+FATAL_ERROR_CODES = frozenset((
+    'AccessDenied', 'AllAccessDisabled', 'AccountProblem', 'ExpiredToken', 'InvalidAccessKeyId',
+    'InvalidBucketName', 'InvalidToken', 'NoSuchBucket', 'NoSuchKey', 'NoSuchUpload', 'NotFound',
+    'SignatureDoesNotMatch', 'InvalidArgument', 'InvalidRequest', 'InvalidPart', 'InvalidPartOrder',
+    'EntityTooLarge', 'EntityTooSmall', 'KeyTooLongError', 'InvalidStorageClass', 'MethodNotAllowed',
+    'NotImplemented', 'PreconditionFailed', 'InvalidObjectState', 'InvalidRange', 'MalformedXML',
+    'UnauthorizedAccess', 'PermanentRedirect', 'AuthorizationHeaderMalformed', 'InvalidSecurity',
+    '400', '401', '403', '404', '405', '411', '412', '416', '501',
+))
+RETRYABLE_ERROR_CODES = frozenset((
+    'RequestTimeout', 'RequestTimeoutException', 'SlowDown', 'Throttling', 'ThrottlingException',
+    'TooManyRequests', 'RequestLimitExceeded', 'InternalError', 'ServiceUnavailable', 'BadDigest',
+    'RequestTimeTooSkewed', 'OperationAborted', 'IncompleteBody', 'XAmzContentSHA256Mismatch',
+    '500', '502', '503', '504', '429',
+))
+CREDENTIAL_ERROR_CODES = frozenset(('InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
+                                    'InvalidToken', 'UnrecognizedClientException', 'AuthFailure'))
+
+
+def error_code(error: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('NoSuchKey', '404', ...), or ''."""
+    response = getattr(error, 'response', None)
+    if not isinstance(response, dict):
+        return ''
+    return str(response.get('Error', {}).get('Code') or
+               response.get('ResponseMetadata', {}).get('HTTPStatusCode') or '')
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming an error, without secrets or tracebacks."""
+    code = error_code(error)
+    if code:
+        message = getattr(error, 'response', {}).get('Error', {}).get('Message') or ''
+        return f'{code}: {message}'.rstrip(': ') if message and message != code else code
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Transient (network, throttling, 5xx, bad digest) as opposed to permanent (403, 404, ...)."""
+    if isinstance(error, (SourceChanged, SourceGone, ConfigError)):
+        return False
+    code = error_code(error)
+    if code:
+        if code in RETRYABLE_ERROR_CODES:
+            return True
+        if code in FATAL_ERROR_CODES:
+            return False
+        status = getattr(error, 'response', {}).get('ResponseMetadata', {}).get('HTTPStatusCode', 0)
+        return status >= 500 or status == 429 or not status
+    return True  # connection resets, timeouts, truncated bodies
+
+
+def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int,
+                retry_mode: str = 'standard', role: str = 'destination') -> Any:
+    """A thread-safe S3 client for one profile + endpoint, sized for the transfer's concurrency."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+    profile_name = profile.strip() or None
+    try:
+        if profile_name == 'default' and 'default' not in boto3.session.Session().available_profiles:
+            profile_name = None  # 'default' without a profile file: environment / instance role
+        session = boto3.session.Session(profile_name=profile_name)
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(f'AWS profile {profile!r} ({role}) not found in ~/.aws/credentials or '
+                          f'~/.aws/config: create it with "aws configure --profile {profile}" or fix the '
+                          'profile name') from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise ConfigError(f'cannot load AWS profile {profile!r} ({role}): {describe_error(error)}') from None
+    try:
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:
+        raise ConfigError(f'cannot load credentials of profile {profile!r} ({role}): '
+                          f'{describe_error(error)}') from None
+    if credentials is None:
+        raise ConfigError(f'no AWS credentials found for the {role} (profile {profile!r}): run "aws configure"'
+                          ' or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY')
+    SecretFilter.remember(credentials)
+    options: Dict[str, Any] = dict(
+        max_pool_connections=pool_size,
+        retries={'mode': retry_mode, 'max_attempts': 3},
+        connect_timeout=10,
+        read_timeout=120,
+        tcp_keepalive=True,
+        user_agent_extra=f's3_upload/{__version__}',
+    )
+    if endpoint:
+        # S3-compatible stores: path-style URLs, and no flexible-checksum headers they may reject.
+        options.update(s3={'addressing_style': 'path'},
+                       request_checksum_calculation='when_required',
+                       response_checksum_validation='when_required')
+    region_name = region or session.region_name or ('us-east-1' if endpoint else None)
+    try:
+        return session.client('s3', endpoint_url=endpoint, region_name=region_name,
+                              config=botocore.config.Config(**options))
+    except (botocore.exceptions.BotoCoreError, ValueError) as error:
+        raise ConfigError(f'cannot create the {role} S3 client: {describe_error(error)}') from None
+
+
+def check_bucket(client: Any, bucket: str, prefix: str, role: str) -> None:
+    """Prove endpoint, credentials and bucket work by listing one key; raise ConfigError if not."""
+    import botocore.exceptions
+    endpoint = client.meta.endpoint_url
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except botocore.exceptions.SSLError as error:
+        raise ConfigError(f'TLS error talking to the {role} endpoint {endpoint}: {describe_error(error)}: '
+                          'check the URL and certificates') from None
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError) as error:
+        raise ConfigError(f'cannot reach the {role} endpoint {endpoint}: {describe_error(error)}: '
+                          'check the endpoint URL and the network') from None
+    except botocore.exceptions.ClientError as error:
+        code = error_code(error)
+        if code in CREDENTIAL_ERROR_CODES:
+            raise ConfigError(f'{role} credentials rejected by {endpoint} ({code}): check the profile\'s '
+                              'access key, secret key and session token') from None
+        if code in ('NoSuchBucket', '404'):
+            raise ConfigError(f'{role} bucket {bucket!r} does not exist at {endpoint}: create it or fix the '
+                              'bucket name') from None
+        if code in ('AccessDenied', '403', 'AllAccessDisabled'):
+            raise ConfigError(f'access denied listing {role} bucket {bucket!r}: the credentials need '
+                              's3:ListBucket on it') from None
+        raise ConfigError(f'cannot list {role} bucket {bucket!r} at {endpoint}: {describe_error(error)}') from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise ConfigError(f'cannot use the {role} endpoint {endpoint}: {describe_error(error)}') from None
+
+
+def list_objects(client: Any, bucket: str, prefix: str, page_size: int,
+                 retry: Optional['Retrier'] = None) -> Iterator[Dict[str, Any]]:
+    """Every object below prefix, page by page (each page retried on transient errors), in key order."""
+    call = retry.call if retry else (lambda _what, function, **kwargs: function(**kwargs))
+    token, seen = '', set()
+    while True:
+        args: Dict[str, Any] = {'Bucket': bucket, 'Prefix': prefix, 'MaxKeys': page_size}
+        if token:
+            args['ContinuationToken'] = token
+        page = call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args)
+        yield from page.get('Contents', ())
+        token = page.get('NextContinuationToken') or ''
+        if not page.get('IsTruncated') or not token or token in seen:
+            return
+        seen.add(token)
+
+
+def md5_of(data: bytes) -> bytes:
+    return hashlib.md5(data).digest()
+
+
+def content_md5(digest: bytes) -> str:
+    return base64.b64encode(digest).decode('ascii')
+
+
+def clean_etag(etag: str) -> str:
+    return (etag or '').strip().strip('"').lower()
+
+
+def multipart_etag(part_digests: List[bytes]) -> str:
+    """The ETag S3 gives a multipart object: md5 of the concatenated part MD5s, '-', part count."""
+    return f'{hashlib.md5(b"".join(part_digests)).hexdigest()}-{len(part_digests)}'
+
+
+def md5_hex_etag(etag: str) -> Optional[bytes]:
+    """The MD5 digest an ETag stands for, or None if the ETag is not a plain MD5."""
+    etag = clean_etag(etag)
+    if len(etag) == 32:
+        try:
+            return bytes.fromhex(etag)
+        except ValueError:
+            return None
+    return None
+
+
+class Retrier:
+    """Runs a request again after transient errors, with exponential backoff and full jitter."""
+
+    def __init__(self, max_retry: int, stop: threading.Event, base: float = 0.5, cap: float = 30.0) -> None:
+        self.max_retry = max_retry
+        self.stop = stop
+        self.base = base
+        self.cap = cap
+
+    def call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - sorted by is_retryable
+                if not is_retryable(error) or attempt >= self.max_retry:
+                    raise
+                attempt += 1
+                delay = random.uniform(0, min(self.cap, self.base * 2 ** attempt))
+                logger.warning('%s failed (%s); retry %d of %d in %.1fs', what, describe_error(error),
+                               attempt, self.max_retry, delay)
+                if self.stop.wait(delay):
+                    raise Stopped() from None
+
+
+
+###############################################################################
+# Sources #####################################################################
+###############################################################################
+
+class SourceChanged(Exception):
+    """The source object changed while it was being copied: redo it from the start."""
+
+
+class SourceGone(Exception):
+    """The source object vanished or became unreadable: this file fails."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceObject:
+    """One file or object to copy, as the source described it when listed."""
+    key: str            # relative to the source folder/prefix, '/'-separated
+    size: int
+    identity: str       # differs whenever the content may differ (path + size + mtime, key + ETag)
+    location: str       # absolute path or full source key
+    problem: str = ''   # why it cannot be copied; then only key and location are meaningful
+
+
+def _key_problem(key: str) -> str:
+    """Why a relative key cannot name an S3 object, or ''."""
+    try:
+        encoded = key.encode('utf-8')
+    except UnicodeEncodeError:
+        return 'file name is not valid UTF-8: rename it'
+    if len(encoded) > MAX_KEY_BYTES:
+        return f'key is {len(encoded)} bytes, S3 allows {MAX_KEY_BYTES}: shorten the path'
+    return ''
+
+
+class LocalSource:
+    """Files below a local folder (recursive, in S3 key order) or one file in it."""
+
+    def __init__(self, root: str, single: str = '*') -> None:
+        self.root = os.path.abspath(root)
+        self.single = '' if single.strip() in ('', '*') else single.strip()
+
+    def describe(self) -> str:
+        return os.path.join(self.root, self.single) if self.single else self.root
+
+    def check(self) -> None:
+        if not os.path.exists(self.root):
+            raise ConfigError(f'source folder not found: {self.root}: fix SrcDir')
+        if not os.path.isdir(self.root):
+            raise ConfigError(f'SrcDir {self.root} is a file, not a folder: set SrcDir to its folder '
+                              'and SrcFileIndex to its name')
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise ConfigError(f'source folder {self.root} is not readable: check its permissions')
+        if self.single:
+            path = os.path.join(self.root, self.single)
+            if not os.path.isfile(path):
+                raise ConfigError(f'source file not found: {path}: fix SrcFileIndex (relative to SrcDir) '
+                                  'or set it to *')
+
+    def objects(self) -> Iterator[SourceObject]:
+        if self.single:
+            key = self.single.replace(os.sep, '/').strip('/')
+            described = self._describe_file(os.path.join(self.root, self.single), key)
+            if described is not None:
+                yield described
+            return
+        yield from self._walk(self.root, '', set())
+
+    def _walk(self, folder: str, prefix: str, ancestors: set) -> Iterator[SourceObject]:
+        """Yield files in S3 key order: entries sorted by name, with '/' after folder names."""
+        try:
+            folder_stat = os.stat(folder)
+            entries = list(os.scandir(folder))
+        except OSError as error:
+            yield SourceObject(prefix.rstrip('/') or '.', 0, '', folder,
+                               f'cannot list folder: {error.strerror}')
+            return
+        ancestors = ancestors | {(folder_stat.st_dev, folder_stat.st_ino)}
+        ordered = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            ordered.append((entry.name + ('/' if is_dir else ''), is_dir, entry))
+        ordered.sort(key=lambda item: item[0])
+        for _, is_dir, entry in ordered:
+            key = prefix + entry.name
+            if is_dir:
+                try:
+                    target = os.stat(entry.path)
+                except OSError as error:
+                    yield SourceObject(key, 0, '', entry.path, f'cannot open folder: {error.strerror}')
+                    continue
+                if (target.st_dev, target.st_ino) in ancestors:
+                    logger.warning('skipping %s: symbolic link loop', entry.path)
+                    continue
+                yield from self._walk(entry.path, key + '/', ancestors)
+            else:
+                described = self._describe_file(entry.path, key)
+                if described is not None:
+                    yield described
+
+    @staticmethod
+    def _describe_file(path: str, key: str) -> Optional[SourceObject]:
+        try:
+            info = os.stat(path)
+        except OSError as error:
+            reason = 'broken symbolic link' if os.path.islink(path) else error.strerror
+            return SourceObject(key, 0, '', path, f'cannot read file: {reason}')
+        if not stat.S_ISREG(info.st_mode):
+            logger.warning('skipping %s: not a regular file', path)
+            return None
+        problem = _key_problem(key)
+        if not problem and not os.access(path, os.R_OK):
+            problem = 'cannot read file: permission denied'
+        return SourceObject(key, info.st_size, f'{path}|{info.st_size}|{info.st_mtime_ns}', path, problem)
+
+    def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        try:
+            with open(obj.location, 'rb') as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        except FileNotFoundError:
+            raise SourceGone('file vanished') from None
+        except OSError as error:
+            raise SourceGone(f'cannot read file: {error.strerror}') from None
+        if len(data) != length:
+            raise SourceChanged(f'file shrank while being read ({offset + len(data)} bytes at most)')
+        return data
+
+    def current(self, obj: SourceObject) -> SourceObject:
+        """The object as it is now (re-stat); raises SourceGone if it vanished."""
+        described = self._describe_file(obj.location, obj.key)
+        if described is None or described.problem:
+            raise SourceGone(described.problem if described else 'no longer a regular file')
+        return described
+
+    def changed(self, obj: SourceObject) -> bool:
+        """Whether the file differs (size or mtime) from when it was listed."""
+        return self.current(obj).identity != obj.identity
+
+
+class S3Source:
+    """Objects below a prefix of a bucket (any S3 endpoint), read by ranged GETs pinned to their ETag."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, single: str = '*', page_size: int = 1000,
+                 retry: Optional[Retrier] = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix + '/' if prefix else ''
+        self.single = '' if single.strip() in ('', '*') else single.strip().lstrip('/')
+        self.page_size = page_size
+        self.retry = retry
+
+    def describe(self) -> str:
+        return f's3://{self.bucket}/{self.prefix}{self.single}'
+
+    def check(self) -> None:
+        check_bucket(self.client, self.bucket, self.prefix, 'source')
+        if self.single:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single)
+            except Exception as error:  # noqa: BLE001 - translated to one line for the user
+                if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
+                    raise ConfigError(f'source object not found: {self.describe()}: fix SrcFileIndex '
+                                      '(relative to SrcPrefix) or set it to *') from None
+                raise ConfigError(f'cannot read source object {self.describe()}: {describe_error(error)}') from None
+
+    def objects(self) -> Iterator[SourceObject]:
+        if self.single:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single)
+            yield self._describe(self.prefix + self.single, head['ContentLength'], head.get('ETag', ''))
+            return
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry):
+            yield self._describe(item['Key'], item['Size'], item.get('ETag', ''))
+
+    def _describe(self, full_key: str, size: int, etag: str) -> SourceObject:
+        key = full_key[len(self.prefix):]
+        identity = f's3://{self.bucket}/{full_key}|{size}|{etag}'
+        return SourceObject(key, size, identity, full_key, _key_problem(key))
+
+    def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b''
+        etag = obj.identity.rsplit('|', 1)[1]
+        extra = {'IfMatch': etag} if etag else {}
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=obj.location,
+                                              Range=f'bytes={offset}-{offset + length - 1}', **extra)
+            if etag and response.get('ETag') and response['ETag'] != etag:
+                raise SourceChanged('source object was overwritten during the copy')  # If-Match ignored
+            data = response['Body'].read()
+        except SourceChanged:
+            raise
+        except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
+            code = error_code(error)
+            if code in ('PreconditionFailed', '412'):
+                raise SourceChanged('source object was overwritten during the copy') from None
+            if code in ('NoSuchKey', '404', 'NotFound'):
+                raise SourceGone('source object was deleted') from None
+            if code in ('AccessDenied', '403'):
+                raise SourceGone('access denied reading the source object') from None
+            raise
+        if len(data) != length:
+            raise IOError(f'short read from source: {len(data)} of {length} bytes')
+        return data
+
+    def current(self, obj: SourceObject) -> SourceObject:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=obj.location)
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
+                raise SourceGone('source object was deleted') from None
+            raise
+        return self._describe(obj.location, head['ContentLength'], head.get('ETag', ''))
+
+    def changed(self, obj: SourceObject) -> bool:
+        """Never observable after a successful copy: every read was pinned to the listed ETag."""
+        return False
+
+
+###############################################################################
+# Destination #################################################################
+###############################################################################
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """An unfinished multipart upload at the destination."""
+    key: str
+    upload_id: str
+    initiated: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """A part of a multipart upload, as ListParts reports it."""
+    number: int
+    size: int
+    etag: str
+
+
+class Destination:
+    """The bucket/prefix that receives the copies, with the S3 calls the engine needs."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, storage_class: str = 'STANDARD',
+                 page_size: int = 1000, retry: Optional[Retrier] = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix + '/' if prefix else ''
+        self.storage_class = storage_class
+        self.page_size = page_size
+        self.retry = retry
+
+    def describe(self) -> str:
+        return f's3://{self.bucket}/{self.prefix}'
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+    def key_for(self, relative_key: str) -> str:
+        return self.prefix + relative_key
+
+    def check(self) -> None:
+        """Listing and writing both work; the write check leaves nothing behind."""
+        import botocore.exceptions
+        check_bucket(self.client, self.bucket, self.prefix, 'destination')
+        probe = self.prefix + '.s3_upload-write-check'
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=probe,
+                                                            **self._object_args())['UploadId']
+        except botocore.exceptions.ClientError as error:
+            code = error_code(error)
+            if code in ('AccessDenied', '403'):
+                raise ConfigError(f'no permission to write to destination bucket {self.bucket!r}: the '
+                                  'credentials need s3:PutObject there') from None
+            if code == 'InvalidStorageClass':
+                raise ConfigError(f'the destination does not accept StorageClass {self.storage_class}: '
+                                  'choose another one') from None
+            raise ConfigError(f'cannot start an upload in destination bucket {self.bucket!r}: '
+                              f'{describe_error(error)}') from None
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=probe, UploadId=upload_id)
+        except botocore.exceptions.ClientError as error:
+            logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
+
+    def _object_args(self) -> Dict[str, Any]:
+        return {'StorageClass': self.storage_class} if self.storage_class != 'STANDARD' else {}
+
+    def objects(self) -> Iterator[Tuple[str, int, str]]:
+        """(relative key, size, etag) of every object below the prefix, in key order."""
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry):
+            yield item['Key'][len(self.prefix):], item['Size'], item.get('ETag', '')
+
+    def uploads(self, prefix: str) -> Iterator[Upload]:
+        """Unfinished multipart uploads whose key starts with prefix, page by page."""
+        key_marker, upload_marker, seen = '', '', set()
+        while True:
+            args = {'Bucket': self.bucket, 'Prefix': prefix, 'MaxUploads': self.page_size}
+            if key_marker:
+                args['KeyMarker'] = key_marker
+                if upload_marker:
+                    args['UploadIdMarker'] = upload_marker
+            page = self.client.list_multipart_uploads(**args)
+            for item in page.get('Uploads', ()):
+                initiated = item.get('Initiated')
+                yield Upload(item['Key'], item['UploadId'], initiated.timestamp() if initiated else 0.0)
+            if not page.get('IsTruncated'):
+                return
+            key_marker = page.get('NextKeyMarker') or ''
+            upload_marker = page.get('NextUploadIdMarker') or ''
+            if not key_marker or (key_marker, upload_marker) in seen:
+                logger.warning('the destination reports more unfinished uploads under %r but gives no '
+                               'marker to continue: using the first pages only', prefix)
+                return
+            seen.add((key_marker, upload_marker))
+
+    def uploads_for(self, key: str) -> List[Upload]:
+        """Unfinished uploads of exactly this key (not 'key.bak'), newest first."""
+        found = [upload for upload in self.uploads(key) if upload.key == key]
+        return sorted(found, key=lambda upload: upload.initiated, reverse=True)
+
+    def parts(self, key: str, upload_id: str) -> List[Part]:
+        """Every part of an upload, following ListParts pagination."""
+        parts: Dict[int, Part] = {}
+        marker = 0
+        while True:
+            page = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                          MaxParts=self.page_size, PartNumberMarker=marker)
+            for item in page.get('Parts', ()):
+                parts[item['PartNumber']] = Part(item['PartNumber'], item['Size'], item['ETag'])
+            next_marker = int(page.get('NextPartNumberMarker') or 0)
+            if not page.get('IsTruncated') or next_marker <= marker:
+                return [parts[number] for number in sorted(parts)]
+            marker = next_marker
+
+    def put(self, key: str, data: bytes, digest: bytes) -> str:
+        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          ContentMD5=content_md5(digest), **self._object_args())
+        return response.get('ETag', '')
+
+    def create_upload(self, key: str) -> str:
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   **self._object_args())['UploadId']
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, digest: bytes) -> str:
+        response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                           PartNumber=number, Body=data, ContentMD5=content_md5(digest))
+        return response.get('ETag', '')
+
+    def complete(self, key: str, upload_id: str, parts: List[Tuple[int, str]]) -> str:
+        response = self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': etag} for n, etag in parts]})
+        return response.get('ETag', '')
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as error:  # noqa: BLE001 - an upload that is already gone is fine
+            if error_code(error) not in ('NoSuchUpload', '404'):
+                raise
+
+    def head(self, key: str) -> Optional[Tuple[int, str]]:
+        """(size, etag) of an object, or None when it does not exist."""
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
+                return None
+            raise
+        return response['ContentLength'], response.get('ETag', '')
+
+
+###############################################################################
+# Planner #####################################################################
+###############################################################################
+
+def part_size_for(size: int, chunk: int) -> int:
+    """Part size for a file: chunk, grown to a whole MiB so no file needs more than 10,000 parts."""
+    if size > MAX_OBJECT_SIZE:
+        raise ValueError(f'{size} bytes is more than S3\'s 5 TiB object limit')
+    if math.ceil(size / chunk) <= MAX_PARTS:
+        return chunk
+    return math.ceil(size / MAX_PARTS / MiB) * MiB
+
+
+def part_count(size: int, part_size: int) -> int:
+    return max(1, math.ceil(size / part_size))
+
+
+def part_range(number: int, size: int, part_size: int) -> Tuple[int, int]:
+    """(offset, length) of part number (1-based) of a file of size bytes."""
+    offset = (number - 1) * part_size
+    return offset, min(part_size, size - offset)
+
+
+def parts_fit(parts: List[Part], size: int, part_size: int) -> bool:
+    """Whether every listed part has exactly the size that part size gives it in this file."""
+    if part_size < 1 or part_size > MAX_PART_SIZE:
+        return False
+    count = part_count(size, part_size)
+    if count > MAX_PARTS or (count > 1 and part_size < MIN_PART_SIZE):
+        return False
+    return all(part.number <= count and part.size == part_range(part.number, size, part_size)[1]
+               for part in parts)
+
+
+@dataclasses.dataclass
+class Task:
+    """One source object and what to do with it."""
+    source: SourceObject
+    key: str                  # destination key
+    action: str               # 'send', 'skip' or 'fail'
+    reason: str = ''
+
+
+class DestinationIndex:
+    """Answers 'is this key at the destination, with what size?' while both listings stream in key order.
+
+    Memory stays constant: the destination listing is consumed in step with the source.
+    If either side turns out not to be sorted, it falls back to a full in-memory index.
+    """
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.listing = destination.objects()
+        self.head: Optional[Tuple[str, int, str]] = None
+        self.last_asked = ''
+        self.last_listed = ''
+        self.fallback: Optional[Dict[str, Tuple[int, str]]] = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self.head = next(self.listing, None)
+        if self.head is not None:
+            if self.head[0] < self.last_listed:
+                self._use_fallback('destination listing is not in key order')
+                return
+            self.last_listed = self.head[0]
+
+    def _use_fallback(self, why: str) -> None:
+        logger.info('%s: indexing the whole destination listing in memory', why)
+        self.fallback = {key: (size, etag) for key, size, etag in self.destination.objects()}
+        self.head = None
+
+    def lookup(self, key: str) -> Optional[Tuple[int, str]]:
+        """(size, etag) of the destination object with this relative key, or None."""
+        if self.fallback is None and key < self.last_asked:
+            self._use_fallback('source listing is not in key order')
+        self.last_asked = key
+        if self.fallback is not None:
+            return self.fallback.get(key)
+        while self.head is not None and self.head[0] < key:
+            self._advance()
+            if self.fallback is not None:
+                return self.fallback.get(key)
+        if self.head is not None and self.head[0] == key:
+            return self.head[1], self.head[2]
+        return None
+
+
+def plan(source_objects: Iterable[SourceObject], destination: Destination) -> Iterator[Task]:
+    """Decide, object by object as the listing streams, what to send and what is already there."""
+    index = DestinationIndex(destination)
+    for obj in source_objects:
+        key = destination.key_for(obj.key)
+        if obj.problem:
+            yield Task(obj, key, 'fail', obj.problem)
+            continue
+        problem = _key_problem(key)
+        if problem:
+            yield Task(obj, key, 'fail', problem)
+            continue
+        if obj.size > MAX_OBJECT_SIZE:
+            yield Task(obj, key, 'fail', 'larger than S3\'s 5 TiB object limit')
+            continue
+        existing = index.lookup(obj.key)
+        if existing is not None and existing[0] == obj.size:
+            yield Task(obj, key, 'skip', 'same key and size at the destination')
+        else:
+            yield Task(obj, key, 'send')
+
+
+class ResumeJournal:
+    """Which source each multipart upload we started belongs to, so reused parts are provably right.
+
+    A JSON-lines file of {"op": "open"|"close", ...}; compacted on start, fsync'ed on each open.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.entries: Dict[str, Dict[str, Any]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, encoding='utf-8') as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a crash
+                    if record.get('op') == 'open':
+                        self.entries[record['upload_id']] = record
+                    elif record.get('op') == 'close':
+                        self.entries.pop(record.get('upload_id'), None)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            logger.warning('cannot read resume journal %s: %s', self.path, error.strerror)
+            return
+        temporary = self.path + '.tmp'
+        with _private_open(temporary) as handle:
+            for record in self.entries.values():
+                handle.write(json.dumps(record) + '\n')
+        os.replace(temporary, self.path)
+
+    def _append(self, record: Dict[str, Any], sync: bool) -> None:
+        with self.lock:
+            with _private_open(self.path, append=True) as handle:
+                handle.write(json.dumps(record) + '\n')
+                if sync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+
+    def record(self, bucket: str, key: str, upload_id: str, identity: str, part_size: int) -> None:
+        entry = {'op': 'open', 'bucket': bucket, 'key': key, 'upload_id': upload_id,
+                 'identity': identity, 'part_size': part_size, 'time': time.time()}
+        with self.lock:
+            self.entries[upload_id] = entry
+        self._append(entry, sync=True)
+
+    def get(self, bucket: str, key: str, upload_id: str) -> Optional[Dict[str, Any]]:
+        with self.lock:
+            entry = self.entries.get(upload_id)
+        if entry and entry.get('bucket') == bucket and entry.get('key') == key:
+            return entry
+        return None
+
+    def forget(self, upload_id: str) -> None:
+        with self.lock:
+            known = self.entries.pop(upload_id, None)
+        if known is not None:
+            self._append({'op': 'close', 'upload_id': upload_id}, sync=False)
+
+
+def _private_open(path: str, append: bool = False) -> Any:
+    """Open a text file for writing that only its owner can read."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return open(os.open(path, flags, 0o600), 'a' if append else 'w', encoding='utf-8')
+
+
+###############################################################################
+# Engine ######################################################################
+###############################################################################
+
+class Progress:
+    """Thread-safe counters of a run, read by the progress display, the report and the GUI."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.listing_done = False
+        self.files_total = self.files_transferred = self.files_skipped = self.files_failed = 0
+        self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
+        self.parts_uploaded = self.parts_resumed = 0
+        self.verified_etag = self.verified_size = 0
+        self.failures: List[Dict[str, str]] = []
+        self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def file_started(self, key: str, size: int) -> None:
+        with self.lock:
+            self.active[key] = [0, size]
+
+    def file_advanced(self, key: str, nbytes: int) -> None:
+        with self.lock:
+            if key in self.active:
+                self.active[key][0] += nbytes
+
+    def file_ended(self, key: str) -> None:
+        with self.lock:
+            self.active.pop(key, None)
+
+    def fail(self, key: str, error: str) -> None:
+        with self.lock:
+            self.files_failed += 1
+            self.failures.append({'key': key, 'error': error})
+
+    @property
+    def bytes_done(self) -> int:
+        return self.bytes_transferred + self.bytes_resumed + self.bytes_skipped
+
+    @property
+    def files_done(self) -> int:
+        return self.files_transferred + self.files_skipped + self.files_failed
+
+    def snapshot(self) -> Dict[str, Any]:
+        with self.lock:
+            counts = {name: getattr(self, name) for name in (
+                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'bytes_total',
+                'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'parts_uploaded', 'parts_resumed',
+                'listing_done')}
+            counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
+        counts['seconds'] = time.monotonic() - self.started
+        return counts
+
+
+class RateLimiter:
+    """A token bucket shared by all threads: caps the upload rate at BandwidthLimit."""
+
+    def __init__(self, bytes_per_second: float, stop: threading.Event) -> None:
+        self.rate = bytes_per_second
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+
+    def take(self, nbytes: int) -> None:
+        if self.rate <= 0 or nbytes <= 0:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_free)
+            self.next_free = start + nbytes / self.rate
+        if start > now:
+            self.stop.wait(start - now)
+
+
+class FileTransfer:
+    """Copies one object: one PutObject when small, else a multipart upload resumed from the destination."""
+
+    MAX_REDO = 3   # source changed mid-copy: start over this many times, then fail
+
+    def __init__(self, engine: 'Engine', task: Task) -> None:
+        self.engine = engine
+        self.task = task
+        self.source = engine.source
+        self.destination = engine.destination
+        self.config = engine.config
+        self.retry = engine.retrier.call
+        self.progress = engine.progress
+
+    def run(self) -> None:
+        task = self.task
+        self.progress.file_started(task.key, task.source.size)
+        try:
+            for attempt in range(self.MAX_REDO + 1):
+                try:
+                    how = self._copy()
+                    self.progress.add(files_transferred=1, **{f'verified_{how}': 1})
+                    logger.info('done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
+                    return
+                except SourceChanged as change:
+                    if attempt == self.MAX_REDO:
+                        raise SourceGone(f'source keeps changing: {change}') from None
+                    logger.warning('%s: %s; starting this file again', task.key, change)
+                    self.task = task = dataclasses.replace(task, source=self.source.current(task.source))
+                    self.progress.file_ended(task.key)
+                    self.progress.file_started(task.key, task.source.size)
+        except Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - one failed file never stops the others
+            message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
+            logger.error('FAILED %s: %s', task.key, message)
+            logger.debug('failure detail for %s', task.key, exc_info=True)
+            self.progress.fail(task.key, message)
+        finally:
+            self.progress.file_ended(task.key)
+
+    def _copy(self) -> str:
+        obj = self.task.source
+        if obj.size < self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE or obj.size == 0:
+            return self._put()
+        return MultipartCopy(self).run()
+
+    def _put(self) -> str:
+        obj, key = self.task.source, self.task.key
+        data = self.source.read(obj, 0, obj.size)
+        if self.source.changed(obj):
+            raise SourceChanged('file changed while being read')
+        digest = md5_of(data)
+        self.engine.limiter.take(len(data))
+        etag = self.retry(f'PutObject {key}', self.destination.put, key, data, digest)
+        self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
+        self.progress.file_advanced(key, len(data))
+        if clean_etag(etag) == digest.hex():
+            return 'etag'
+        logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
+                    'the server accepted Content-MD5, size checked instead', key, etag)
+        head = self.retry(f'HeadObject {key}', self.destination.head, key)
+        if head is None or head[0] != obj.size:
+            raise VerifyError(f'destination object has size {head and head[0]}, expected {obj.size}')
+        return 'size'
+
+
+class VerifyError(Exception):
+    """The finished destination object does not match the source."""
+
+
+class MultipartCopy:
+    """One multipart upload: find what the destination holds, prove it, send the rest, complete, verify."""
+
+    def __init__(self, transfer: FileTransfer) -> None:
+        self.transfer = transfer
+        self.engine = transfer.engine
+        self.obj = transfer.task.source
+        self.key = transfer.task.key
+        self.destination = transfer.destination
+        self.source = transfer.source
+        self.retry = transfer.retry
+        self.progress = transfer.progress
+        self.config = transfer.config
+        self.bucket = self.destination.bucket
+
+    def run(self) -> str:
+        upload_id, part_size, kept = self._resume_or_start()
+        count = part_count(self.obj.size, part_size)
+        digests: Dict[int, bytes] = {}
+        etags: Dict[int, str] = {}
+        for number, part in kept.items():
+            digest = md5_hex_etag(part.etag)
+            if digest is not None:
+                digests[number] = digest
+            etags[number] = part.etag
+            self.progress.add(bytes_resumed=part.size, parts_resumed=1)
+            self.progress.file_advanced(self.key, part.size)
+        missing = [n for n in range(1, count + 1) if n not in kept]
+        if missing:
+            logger.info('%s: sending %d of %d parts (%s each)%s', self.key, len(missing), count,
+                        human_bytes(part_size), f', {len(kept)} already there' if kept else '')
+        for number, etag, digest in self.engine.run_parts(self._send_part, upload_id, part_size, missing):
+            etags[number], digests[number] = etag, digest
+        if self.source.changed(self.obj):
+            self.destination.abort(self.key, upload_id)
+            self.engine.journal.forget(upload_id)
+            raise SourceChanged('source changed during the upload')
+        ordered = sorted(etags.items())
+        etag = self._complete(upload_id, ordered)
+        self.engine.journal.forget(upload_id)
+        return self._verify(etag, [digests.get(n) for n, _ in ordered])
+
+    def _resume_or_start(self) -> Tuple[str, int, Dict[int, Part]]:
+        """The upload to continue (with its part size and the parts proven to be ours) or a new one."""
+        planned = part_size_for(self.obj.size, self.config.chunk_bytes)
+        uploads = self.retry(f'ListMultipartUploads {self.key}', self.destination.uploads_for, self.key)
+        usable = [found for found in (self._reusable(upload, planned) for upload in uploads) if found]
+        usable.sort(key=lambda found: sum(part.size for part in found[2].values()), reverse=True)
+        for upload_id, _, _ in usable[1:]:
+            self._discard(upload_id, 'another upload of this key holds more of it')
+        if usable:
+            return usable[0]
+        upload_id = self.retry(f'CreateMultipartUpload {self.key}', self.destination.create_upload, self.key)
+        self.engine.journal.record(self.bucket, self.key, upload_id, self.obj.identity, planned)
+        return upload_id, planned, {}
+
+    def _discard(self, upload_id: str, why: str) -> None:
+        logger.info('%s: aborting unfinished upload %s…: %s', self.key, upload_id[:16], why)
+        self.retry(f'AbortMultipartUpload {self.key}', self.destination.abort, self.key, upload_id)
+        self.engine.journal.forget(upload_id)
+
+    def _reusable(self, upload: Upload, planned: int) -> Optional[Tuple[str, int, Dict[int, Part]]]:
+        """(upload id, part size, parts to keep) if the upload can belong to this source, else abort it."""
+        parts = self.retry(f'ListParts {self.key}', self.destination.parts, self.key, upload.upload_id)
+        entry = self.engine.journal.get(self.bucket, self.key, upload.upload_id)
+        trusted = entry is not None and entry['identity'] == self.obj.identity
+        candidates = ([entry['part_size']] if entry else []) + \
+                     ([max(p.size for p in parts)] if parts else []) + [planned]
+        part_size = next((size for size in candidates if parts_fit(parts, self.obj.size, size)), None)
+        if part_size is None:
+            self._discard(upload.upload_id, 'its parts do not fit the current source (size or part size differ)')
+            return None
+        by_number = {part.number: part for part in parts}
+        if trusted and not self.config.ifVerifyMD5:
+            return upload.upload_id, part_size, by_number
+        if not trusted and isinstance(self.source, S3Source) and not self.config.ifVerifyMD5:
+            self._discard(upload.upload_id, 'no journal entry proves its parts come from this source version '
+                                            '(set ifVerifyMD5 = True to check them by re-reading)')
+            return None
+        kept = {n: p for n, p in by_number.items() if self._part_matches(p, part_size)}
+        if len(kept) < len(by_number):
+            logger.info('%s: %d of %d uploaded parts differ from the source and will be sent again',
+                        self.key, len(by_number) - len(kept), len(by_number))
+        if not trusted:
+            self.engine.journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, part_size)
+        return upload.upload_id, part_size, kept
+
+    def _part_matches(self, part: Part, part_size: int) -> bool:
+        """Re-read one uploaded part from the source and compare its MD5 with the part's ETag."""
+        expected = md5_hex_etag(part.etag)
+        if expected is None:
+            return False
+        offset, length = part_range(part.number, self.obj.size, part_size)
+        return md5_of(self.source.read(self.obj, offset, length)) == expected
+
+    def _send_part(self, upload_id: str, part_size: int, number: int) -> Tuple[int, str, bytes]:
+        offset, length = part_range(number, self.obj.size, part_size)
+        data = self.source.read(self.obj, offset, length)
+        digest = md5_of(data)
+        self.engine.limiter.take(length)
+        etag = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
+                          self.key, upload_id, number, data, digest)
+        if md5_hex_etag(etag) not in (None, digest):
+            logger.debug('%s part %d: ETag %s is not its MD5', self.key, number, etag)
+        self.progress.add(bytes_transferred=length, parts_uploaded=1)
+        self.progress.file_advanced(self.key, length)
+        return number, etag, digest
+
+    def _complete(self, upload_id: str, ordered: List[Tuple[int, str]]) -> str:
+        try:
+            return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
+                              self.key, upload_id, ordered)
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) != 'NoSuchUpload':
+                raise
+            # A retried Complete after the server already applied it: the object proves it.
+            head = self.destination.head(self.key)
+            if head is None or head[0] != self.obj.size:
+                raise
+            logger.info('%s: upload already completed by an earlier attempt', self.key)
+            return head[1]
+
+    def _verify(self, etag: str, digests: List[Optional[bytes]]) -> str:
+        head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
+        if head is None:
+            raise VerifyError('object missing at the destination after CompleteMultipartUpload')
+        if head[0] != self.obj.size:
+            raise VerifyError(f'destination object has {head[0]} bytes, source {self.obj.size}')
+        self._abort_leftovers()
+        if all(d is not None for d in digests):
+            expected = multipart_etag([d for d in digests if d is not None])
+            if clean_etag(etag) == expected or clean_etag(head[1]) == expected:
+                return 'etag'
+            logger.warning('%s: ETag %s differs from %s computed from the parts; the store\'s ETags are not '
+                           'MD5-based (e.g. SSE-KMS), so only the size was verified', self.key, etag, expected)
+        return 'size'
+
+    def _abort_leftovers(self) -> None:
+        """No unfinished upload stays behind for a key that is complete."""
+        for upload in self.retry(f'ListMultipartUploads {self.key}', self.destination.uploads_for, self.key):
+            self._discard(upload.upload_id, 'the object is complete')
+
+
+class Engine:
+    """Runs the plan: MaxParallelFile files at once, MaxThread parts in flight per file."""
+
+    def __init__(self, config: Config, source: Any, destination: Destination, journal: ResumeJournal,
+                 retrier: Retrier, progress: Optional[Progress] = None) -> None:
+        self.config = config
+        self.source = source
+        self.destination = destination
+        self.journal = journal
+        self.retrier = retrier
+        self.stop = retrier.stop
+        self.progress = progress or Progress()
+        self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
+        self.part_pool = ThreadPoolExecutor(config.MaxParallelFile * config.MaxThread, 'part')
+
+    def run(self) -> Progress:
+        files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
+        backlog = threading.BoundedSemaphore(self.config.MaxParallelFile * 2)
+        try:
+            for task in plan(self.source.objects(), self.destination):
+                self._count(task)
+                if task.action != 'send':
+                    continue
+                while not backlog.acquire(timeout=0.2):
+                    if self.stop.is_set():
+                        raise Stopped()
+                future = files.submit(self._run_file, task)
+                future.add_done_callback(lambda _: backlog.release())
+            self.progress.listing_done = True
+        except Stopped:
+            pass
+        except Exception as error:  # noqa: BLE001 - the files already planned still finish
+            logger.error('listing failed: %s; files not yet listed are not copied in this run',
+                         describe_error(error))
+            logger.debug('listing failure detail', exc_info=True)
+            self.progress.fail('(listing)', f'listing failed: {describe_error(error)}')
+        finally:
+            files.shutdown(wait=True)
+            self.part_pool.shutdown(wait=True)
+        return self.progress
+
+    def _count(self, task: Task) -> None:
+        size = task.source.size
+        self.progress.add(files_total=1, bytes_total=size)
+        if task.action == 'skip':
+            self.progress.add(files_skipped=1, bytes_skipped=size)
+            logger.debug('skip %s: %s', task.key, task.reason)
+        elif task.action == 'fail':
+            logger.error('FAILED %s: %s', task.key, task.reason)
+            self.progress.fail(task.key, task.reason)
+
+    def _run_file(self, task: Task) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            FileTransfer(self, task).run()
+        except Stopped:
+            pass
+
+    def run_parts(self, send: Callable[[str, int, int], Tuple[int, str, bytes]], upload_id: str,
+                  part_size: int, numbers: List[int]) -> Iterator[Tuple[int, str, bytes]]:
+        """Send parts with at most MaxThread in flight; yield (number, etag, md5) as each finishes."""
+        queue = list(reversed(numbers))
+        pending: set = set()
+        error: Optional[BaseException] = None
+        while queue or pending:
+            while queue and len(pending) < self.config.MaxThread and error is None and not self.stop.is_set():
+                pending.add(self.part_pool.submit(send, upload_id, part_size, queue.pop()))
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    yield future.result()
+                except BaseException as failure:  # noqa: BLE001 - let in-flight parts finish, then raise
+                    error = error or failure
+        if error is not None:
+            raise error
+        if queue:
+            raise Stopped()
+
+
+def human_bytes(count: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(count) < 1024 or unit == 'TiB':
+            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
+        count /= 1024
+    return f'{count:.1f} TiB'
+
+
+###############################################################################
+# Report ######################################################################
+###############################################################################
+
+@dataclasses.dataclass
+class Report:
+    """What a run did, as written by --report (JSON) and summarised at the end."""
+    files_total: int
+    files_transferred: int
+    files_skipped: int
+    files_failed: int
+    bytes_total: int
+    bytes_transferred: int
+    bytes_resumed: int
+    parts_uploaded: int
+    parts_resumed: int
+    seconds: float
+    failures: List[Dict[str, str]]
+    verified_by_etag: int = 0
+    verified_by_size: int = 0
+    stopped: bool = False
+    source: str = ''
+    destination: str = ''
+
+    @classmethod
+    def from_progress(cls, progress: Progress, stopped: bool, source: str, destination: str) -> 'Report':
+        with progress.lock:
+            return cls(progress.files_total, progress.files_transferred, progress.files_skipped,
+                       progress.files_failed, progress.bytes_total, progress.bytes_transferred,
+                       progress.bytes_resumed, progress.parts_uploaded, progress.parts_resumed,
+                       round(time.monotonic() - progress.started, 3), list(progress.failures),
+                       progress.verified_etag, progress.verified_size, stopped, source, destination)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.files_failed else EXIT_OK
+
+    def write(self, path: str) -> None:
+        temporary = path + '.tmp'
+        with open(temporary, 'w', encoding='utf-8') as handle:
+            json.dump(dataclasses.asdict(self), handle, indent=2, ensure_ascii=False)
+            handle.write('\n')
+        os.replace(temporary, path)
+
+    def summary(self) -> str:
+        rate = self.bytes_transferred / self.seconds if self.seconds > 0 else 0
+        lines = [
+            f'{"STOPPED" if self.stopped else "DONE"} in {self.seconds:.1f}s: '
+            f'{self.files_transferred} transferred, {self.files_skipped} skipped, {self.files_failed} failed '
+            f'of {self.files_total} files',
+            f'sent {human_bytes(self.bytes_transferred)} ({human_bytes(rate)}/s), reused '
+            f'{human_bytes(self.bytes_resumed)} already uploaded ({self.parts_resumed} parts), '
+            f'{human_bytes(self.bytes_total)} selected',
+        ]
+        for failure in self.failures[:20]:
+            lines.append(f'  failed: {failure["key"]}: {failure["error"]}')
+        if len(self.failures) > 20:
+            lines.append(f'  ... and {len(self.failures) - 20} more (see --report / the log)')
+        if self.stopped:
+            lines.append('run the same command again to resume')
+        return '\n'.join(lines)
+
+
+class ProgressDisplay:
+    """A live bar on a terminal, else a log line every few seconds."""
+
+    def __init__(self, progress: Progress, stream: Any = None, interval: Optional[float] = None) -> None:
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.interval = interval or (0.5 if self.tty else 10.0)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name='progress', daemon=True)
+        self.samples: List[Tuple[float, int]] = []
+
+    def __enter__(self) -> 'ProgressDisplay':
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join()
+        if self.tty:
+            ConsoleHandler.clear_line(self.stream)
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.interval):
+            line = self.line()
+            if self.tty:
+                ConsoleHandler.show_status(self.stream, line)
+            else:
+                logger.info('progress: %s', line)
+
+    def line(self) -> str:
+        p = self.progress
+        now = time.monotonic()
+        self.samples = [s for s in self.samples if now - s[0] < 10] + [(now, p.bytes_transferred)]
+        elapsed = now - self.samples[0][0]
+        rate = (self.samples[-1][1] - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
+        total = p.bytes_total
+        fraction = p.bytes_done / total if total else (1.0 if p.listing_done else 0.0)
+        remaining = max(0, total - p.bytes_done)
+        eta = time.strftime('%H:%M:%S', time.gmtime(remaining / rate)) if rate > 0 and p.listing_done else '--:--:--'
+        bar = '#' * int(fraction * 20)
+        files_total = f'{p.files_total}' if p.listing_done else f'{p.files_total}+'
+        return (f'[{bar:<20}] {fraction * 100:5.1f}% {human_bytes(p.bytes_done)}/{human_bytes(total)} '
+                f'{human_bytes(rate)}/s ETA {eta} files {p.files_done}/{files_total} '
+                f'(skipped {p.files_skipped}, failed {p.files_failed})')
+
+
+###############################################################################
+# CLI #########################################################################
+###############################################################################
+
+class SecretFilter(logging.Filter):
+    """Replaces every known secret (access keys, secret keys, tokens) in log records by '***'."""
+
+    MIN_LENGTH = 8   # shorter values are no real keys, and masking them would mangle ordinary words
+    secrets: set = set()
+    lock = threading.Lock()
+
+    @classmethod
+    def remember(cls, credentials: Any) -> None:
+        try:
+            frozen = credentials.get_frozen_credentials()
+        except Exception:  # noqa: BLE001 - refreshable credentials may fail here; nothing to remember
+            return
+        cls.add(frozen.access_key, frozen.secret_key, frozen.token)
+
+    @classmethod
+    def add(cls, *values: Optional[str]) -> None:
+        with cls.lock:
+            cls.secrets.update(v for v in values if v and len(v) >= cls.MIN_LENGTH)
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        for secret in sorted(cls.secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, '***')
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = self.redact(record.getMessage())
+            record.msg, record.args = message, None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Console log lines that share the terminal with the live progress bar."""
+
+    lock = threading.Lock()
+    status = ''
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.lock:
+            if self.status:
+                self.stream.write('\r\x1b[K')
+            super().emit(record)
+            if self.status:
+                self.stream.write(self.status)
+                self.stream.flush()
+
+    @classmethod
+    def show_status(cls, stream: Any, line: str) -> None:
+        with cls.lock:
+            cls.status = line
+            stream.write('\r\x1b[K' + line)
+            stream.flush()
+
+    @classmethod
+    def clear_line(cls, stream: Any) -> None:
+        with cls.lock:
+            if cls.status:
+                stream.write('\r\x1b[K')
+                stream.flush()
+            cls.status = ''
+
+
+def setup_logging(config: Config, console: bool = True) -> str:
+    """Log to LogDir/s3_upload-<time>.log (owner-only) and to the console at LoggingLevel."""
+    level = getattr(logging, config.LoggingLevel)
+    os.makedirs(config.LogDir, exist_ok=True)
+    path = os.path.join(config.LogDir, time.strftime('s3_upload-%Y%m%d-%H%M%S') + f'-{os.getpid()}.log')
+    secret_filter = SecretFilter()
+    file_handler = logging.StreamHandler(_private_open(path))
+    file_handler.setLevel(min(level, logging.INFO))
+    file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(threadName)s %(message)s'))
+    file_handler.addFilter(secret_filter)
+    handlers: List[logging.Handler] = [file_handler]
+    if console:
+        console_handler = ConsoleHandler(sys.stderr)
+        console_handler.setLevel(level)
+        console_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
+        console_handler.addFilter(secret_filter)
+        handlers.append(console_handler)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    # botocore's own DEBUG output is only wanted at DEBUG (it is filtered for secrets like ours).
+    for name in ('botocore', 'boto3', 'urllib3', 's3transfer'):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
+    return path
+
+
+def open_job(config: Config, retrier: Retrier) -> Tuple[Any, Destination]:
+    """Clients, source and destination of a job, checked before anything is transferred."""
+    pool = config.MaxParallelFile * (config.MaxThread + 1) + 4
+    des_client = make_client(config.DesProfileName, config.DesEndPointURL, config.DesRegion, pool,
+                             config.RetryMode, 'destination')
+    destination = Destination(des_client, config.DesBucket, config.S3Prefix, config.StorageClass,
+                              config.ListPageSize, retrier)
+    if config.JobType == 'LOCAL_TO_S3':
+        source: Any = LocalSource(config.SrcDir, config.SrcFileIndex)
+    elif config.JobType == 'S3_TO_S3':
+        src_client = make_client(config.SrcProfileName, config.SrcEndPointURL, config.SrcRegion, pool,
+                                 config.RetryMode, 'source')
+        source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex,
+                          config.ListPageSize, retrier)
+    else:
+        raise ConfigError(f'JobType {config.JobType} is not available in this version: use LOCAL_TO_S3 or '
+                          'S3_TO_S3')
+    source.check()
+    destination.check()
+    return source, destination
+
+
+def offer_clean(config: Config, destination: Destination, source: Any) -> None:
+    """DontAskMeToClean = False: on a terminal, offer to abort this job's unfinished uploads."""
+    if config.DontAskMeToClean or not sys.stdin.isatty():
+        return
+    single = getattr(source, 'single', '')
+    prefix = destination.key_for(single) if single else destination.prefix
+    uploads = [u for u in destination.uploads(prefix) if not single or u.key == prefix]
+    if not uploads:
+        return
+    print(f'{len(uploads)} unfinished upload(s) of this job under {destination.describe()}.', file=sys.stderr)
+    answer = input('Type CLEAN to abort them and start those files over, or press Enter to resume: ')
+    if answer.strip() == 'CLEAN':
+        for upload in uploads:
+            destination.abort(upload.key, upload.upload_id)
+        print(f'aborted {len(uploads)} unfinished upload(s)', file=sys.stderr)
+
+
+def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Optional[Progress] = None,
+            show_progress: bool = False, ask: bool = False) -> Report:
+    """Check, plan and run a job; return its report. Raises ConfigError on bad input."""
+    retrier = Retrier(config.MaxRetry, stop or threading.Event())
+    source, destination = open_job(config, retrier)
+    if ask:
+        offer_clean(config, destination, source)
+    os.makedirs(config.LogDir, exist_ok=True)
+    journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
+    engine = Engine(config, source, destination, journal, retrier, progress)
+    logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight)', __version__,
+                config.JobType, source.describe(), destination.describe(), config.ChunkSize,
+                config.MaxParallelFile, config.MaxThread)
+    if show_progress:
+        with ProgressDisplay(engine.progress):
+            engine.run()
+    else:
+        engine.run()
+    return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
+                                destination.describe())
+
+
+def default_config_path() -> str:
+    here = os.path.dirname(os.path.abspath(sys.argv[0] if sys.argv and sys.argv[0] else __file__))
+    return os.path.join(here, 's3_upload_config.ini')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    keys = '\n'.join(f'  [{o.section}] {o.name} (default {o.default!r}): {o.help}' for o in OPTIONS)
+    parser = argparse.ArgumentParser(
+        prog='s3_upload.py', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Multi-threaded, resumable migration of a local folder or an S3 bucket/prefix into '
+                    'Amazon S3 or any S3-compatible store. Kill it at any time and run it again to resume.',
+        epilog='config keys (ini; case-insensitive; override any with --set KEY=VALUE):\n' + keys +
+               '\n\nexit codes: 0 all files verified, 1 some files failed, 2 bad input/configuration, '
+               '130/143 stopped by Ctrl-C/SIGTERM (resumable)\n'
+               'credentials: the normal boto3 chain (profiles, environment, instance roles)')
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--nogui', action='store_true', help='run headless (default except on Windows)')
+    mode.add_argument('--gui', action='store_true', help='open the Tkinter front end')
+    mode.add_argument('--demo', action='store_true',
+                      help='upload sample files to a local S3 endpoint (needs moto: pip install "moto[server]")')
+    parser.add_argument('--config', metavar='PATH', help='ini file (default: s3_upload_config.ini beside the '
+                                                         'script)')
+    parser.add_argument('--report', metavar='PATH', help='write a JSON summary of the run here')
+    parser.add_argument('--set', metavar='KEY=VALUE', action='append', default=[],
+                        help='override one config key, e.g. --set MaxThread=10 (repeatable)')
+    parser.add_argument('--version', action='version', version=f's3_upload {__version__}')
+    return parser
+
+
+def parse_overrides(pairs: List[str]) -> Dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f'--set {pair!r} must look like KEY=VALUE, e.g. --set MaxThread=10')
+        overrides[key.strip()] = value
+    return overrides
+
+
+def fail_input(message: str) -> int:
+    print(f's3_upload: error: {SecretFilter.redact(message)}', file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def install_signal_handlers(stop: threading.Event) -> Dict[str, int]:
+    """First Ctrl-C / SIGTERM: stop scheduling, let in-flight parts finish. Second: exit at once."""
+    outcome = {'code': 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        if stop.is_set():
+            os._exit(code)
+        outcome['code'] = code
+        stop.set()
+        print('\nstopping: finishing the parts in flight (press Ctrl-C again to quit at once)...',
+              file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return outcome
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.demo:
+        return run_demo()
+    if args.gui or (not args.nogui and os.name == 'nt'):
+        return fail_input('the GUI is not available in this version: run with --nogui')
+    try:
+        config = Config.load(args.config or default_config_path(), parse_overrides(args.set))
+        log_path = setup_logging(config)
+    except ConfigError as error:
+        return fail_input(str(error))
+    except OSError as error:
+        return fail_input(f'cannot create the log folder or file: {error}: fix LogDir')
+    for warning in config.warnings:
+        logger.warning('%s', warning)
+    stop = threading.Event()
+    outcome = install_signal_handlers(stop)
+    try:
+        report = run_job(config, stop, show_progress=True, ask=True)
+    except ConfigError as error:
+        logger.debug('bad input', exc_info=True)
+        return fail_input(str(error))
+    print(report.summary(), file=sys.stderr)
+    logger.info('log file: %s', log_path)
+    if args.report:
+        report.write(args.report)
+    if report.stopped:
+        return outcome['code'] or EXIT_SIGINT
+    return report.exit_code
+
+
+def run_demo() -> int:
+    """Start moto's S3 in-process, upload a few sample files (one multipart), show the result."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return fail_input('the demo needs moto: pip install "moto[server]"')
+    import socket
+    import tempfile
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID='DEMOACCESSKEYID00000', AWS_SECRET_ACCESS_KEY='demo/secret/key/only/for/moto',
+                      AWS_EC2_METADATA_DISABLED='true')
+    os.environ.pop('AWS_PROFILE', None)
+    try:
+        with tempfile.TemporaryDirectory(prefix='s3_upload_demo_') as folder:
+            samples = {'readme.txt': b'hello from s3_upload\n', 'photos/猫 cat+dog%20.jpg': os.urandom(300_000),
+                       'empty.dat': b'', 'big/video.bin': os.urandom(12 * MiB + 12345)}
+            for name, data in samples.items():
+                path = os.path.join(folder, 'src', *name.split('/'))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'wb') as handle:
+                    handle.write(data)
+            endpoint = f'http://127.0.0.1:{port}'
+            config = Config.from_settings({
+                'JobType': 'LOCAL_TO_S3', 'DesProfileName': '', 'DesEndPointURL': endpoint,
+                'DesBucket': 'demo-bucket', 'S3Prefix': 'demo', 'SrcDir': os.path.join(folder, 'src'),
+                'ChunkSize': 5, 'LogDir': os.path.join(folder, 'log'), 'LoggingLevel': 'INFO'})
+            setup_logging(config)
+            logging.getLogger('werkzeug').setLevel(logging.WARNING)
+            client = make_client('', endpoint, 'us-east-1', 4)
+            client.create_bucket(Bucket='demo-bucket')
+            print(f'demo: local S3 (moto) at {endpoint}, uploading {len(samples)} files from {config.SrcDir}',
+                  file=sys.stderr)
+            report = run_job(config, show_progress=True)
+            print(report.summary(), file=sys.stderr)
+            print('objects now in s3://demo-bucket:', file=sys.stderr)
+            for item in list_objects(client, 'demo-bucket', '', 1000):
+                print(f'  {item["Key"]}  {item["Size"]} bytes  ETag {item["ETag"]}', file=sys.stderr)
+            again = run_job(config)
+            print(f'second run: {again.files_skipped} of {again.files_total} files skipped (already there)',
+                  file=sys.stderr)
+            return report.exit_code
+    except ConfigError as error:
+        return fail_input(str(error))
+    finally:
+        logging.shutdown()
+        server.stop()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
