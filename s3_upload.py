@@ -439,10 +439,15 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
                        response_checksum_validation='when_required')
     region_name = region or session.region_name or ('us-east-1' if endpoint else None)
     try:
-        return session.client('s3', endpoint_url=endpoint, region_name=region_name,
-                              config=botocore.config.Config(**options))
+        client = session.client('s3', endpoint_url=endpoint, region_name=region_name,
+                                config=botocore.config.Config(**options))
     except (botocore.exceptions.BotoCoreError, ValueError) as error:
         raise ConfigError(f'cannot create the {role} S3 client: {describe_error(error)}') from None
+    # No "Expect: 100-continue": it costs a round trip per part on long links, and servers that
+    # answer it late make the response unparseable (seen with SeaweedFS).
+    import botocore.handlers
+    client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
+    return client
 
 
 def check_bucket(client: Any, bucket: str, prefix: str, role: str) -> None:
@@ -769,6 +774,17 @@ class S3Source:
 # Destination #################################################################
 ###############################################################################
 
+class MalformedResponse(IOError):
+    """The server's answer lacks what every valid answer has (a garbled response): retry."""
+
+
+def _etag_of(response: Dict[str, Any], operation: str) -> str:
+    etag = response.get('ETag')
+    if not etag:
+        raise MalformedResponse(f'{operation} response has no ETag')
+    return etag
+
+
 @dataclasses.dataclass(frozen=True)
 class Upload:
     """An unfinished multipart upload at the destination."""
@@ -883,7 +899,7 @@ class Destination:
     def put(self, key: str, data: bytes, digest: bytes) -> str:
         response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                           ContentMD5=content_md5(digest), **self._object_args())
-        return response.get('ETag', '')
+        return _etag_of(response, 'PutObject')
 
     def create_upload(self, key: str) -> str:
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
@@ -892,7 +908,7 @@ class Destination:
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, digest: bytes) -> str:
         response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                            PartNumber=number, Body=data, ContentMD5=content_md5(digest))
-        return response.get('ETag', '')
+        return _etag_of(response, 'UploadPart')
 
     def complete(self, key: str, upload_id: str, parts: List[Tuple[int, str]]) -> str:
         response = self.client.complete_multipart_upload(
@@ -1755,7 +1771,8 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
 
 
 def default_config_path() -> str:
-    here = os.path.dirname(os.path.abspath(sys.argv[0] if sys.argv and sys.argv[0] else __file__))
+    """s3_upload_config.ini beside the script (or beside the packaged executable)."""
+    here = os.path.dirname(sys.executable if getattr(sys, 'frozen', False) else os.path.abspath(__file__))
     return os.path.join(here, 's3_upload_config.ini')
 
 

@@ -1,0 +1,100 @@
+"""The command line as users meet it: exit codes, one-line errors before any transfer, --help, --report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TOOL, bucket_contents, dest_settings, free_port, unfinished_uploads, write_tree
+
+
+def one_error_line(run) -> str:
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith('s3_upload: error: '), run.stderr
+    return lines[0]
+
+
+def test_help_documents_the_interface():
+    done = subprocess.run([sys.executable, str(TOOL), '--help'], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for word in ('--nogui', '--gui', '--config', '--report', '--set', '--demo', 'ChunkSize', 'MaxThread',
+                 'ResumableThreshold', 'SrcPrefix', 'exit codes'):
+        assert word in done.stdout, word
+
+
+@pytest.mark.parametrize('case', [
+    'missing profile', 'wrong keys', 'missing bucket', 'unreachable endpoint', 'read-only credentials',
+    'missing SrcDir', 'SrcDir is a file', 'missing single file', 'bad ChunkSize', 'unknown --set key',
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'f.txt': b'data'})
+    bucket = seaweed.bucket()
+    settings = dest_settings(seaweed, bucket, SrcDir=src)
+    extra = []
+    expected = {
+        'missing profile': ('DesProfileName', 'nobody', "profile 'nobody'"),
+        'wrong keys': ('DesProfileName', 'wrong_keys', 'credentials rejected'),
+        'missing bucket': ('DesBucket', 'no-such-bucket-here', 'does not exist'),
+        'unreachable endpoint': ('DesEndPointURL', f'http://127.0.0.1:{free_port()}', 'cannot reach'),
+        'read-only credentials': ('DesProfileName', 'seaweed_readonly', 'no permission to write'),
+        'missing SrcDir': ('SrcDir', tmp_path / 'nope', 'source folder not found'),
+        'SrcDir is a file': ('SrcDir', src / 'f.txt', 'is a file'),
+        'missing single file': ('SrcFileIndex', 'nope.txt', 'source file not found'),
+        'bad ChunkSize': ('ChunkSize', '3', 'ChunkSize'),
+        'unknown --set key': (None, None, 'unknown key'),
+    }[case]
+    key, value, message = expected
+    if key:
+        settings[key] = value
+    else:
+        extra = ['--set', 'ChunkSizee=8']
+    run = tool.run(settings, *extra)
+    assert run.code == 2, run.stderr
+    assert message in one_error_line(run)
+    assert run.report is None
+    assert bucket_contents(seaweed, bucket) == {}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_missing_config_file(tool):
+    done = subprocess.run([sys.executable, str(TOOL), '--nogui', '--config', str(tool.folder / 'none.ini')],
+                          capture_output=True, text=True, timeout=60, env=tool.env)
+    assert done.returncode == 2
+    assert done.stderr.startswith('s3_upload: error: config file not found') and 'Traceback' not in done.stderr
+
+
+def test_some_files_failing_gives_exit_1_and_the_rest_done(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'good.txt': b'good', 'z/also-good.txt': b'also'})
+    (src / 'broken-link').symlink_to(src / 'missing-target')
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src))
+    assert run.code == 1, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'good.txt': b'good', 'z/also-good.txt': b'also'}
+    report = run.report
+    assert report['files_failed'] == 1 and report['files_transferred'] == 2
+    assert report['failures'][0]['key'] == 'broken-link' and 'broken symbolic link' in report['failures'][0]['error']
+    assert 'FAILED broken-link' in run.stderr
+
+
+def test_report_fields(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'a': b'1', 'b': b'22'})
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, MaxThread=10), '--set', 'S3Prefix=from-cli')
+    assert run.code == 0, run.stderr
+    for field in ('files_total', 'files_transferred', 'files_skipped', 'files_failed', 'bytes_total',
+                  'bytes_transferred', 'bytes_resumed', 'parts_uploaded', 'parts_resumed', 'seconds', 'failures'):
+        assert field in run.report, field
+    assert run.report['bytes_total'] == 3 and run.report['bytes_transferred'] == 3
+    assert set(bucket_contents(seaweed, bucket)) == {'from-cli/a', 'from-cli/b'}
+    json.dumps(run.report)
+
+
+def test_gui_flag_without_gui_exits_2(tool):
+    done = subprocess.run([sys.executable, str(TOOL), '--gui', '--config', str(tool.folder / 'x.ini')],
+                          capture_output=True, text=True, timeout=60, env={**tool.env, 'DISPLAY': ''})
+    assert done.returncode == 2 and done.stderr.startswith('s3_upload: error:')

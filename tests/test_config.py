@@ -1,0 +1,119 @@
+"""Config parsing: the ini format of the original tool, defaults, overrides and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import s3_upload
+from s3_upload import Config, ConfigError
+
+MiB = 1024 * 1024
+
+
+def write(tmp_path, text, name='c.ini', encoding='utf-8'):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return str(path)
+
+
+def test_minimal_ini_gets_every_advanced_default_from_the_shipped_ini(tmp_path):
+    config = Config.load(write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n'))
+    shipped = Config.load(s3_upload.default_config_path())
+    for option in s3_upload.OPTIONS:
+        if option.section == 'Advanced':
+            assert getattr(config, option.name) == getattr(shipped, option.name), option.name
+    assert config.JobType == 'LOCAL_TO_S3' and config.DesEndPointURL is None
+    assert config.ResumableThreshold == config.ChunkSize
+
+
+def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):
+    text = ('[Basic]\nJOBTYPE = s3_to_s3\ndesprofilename = p\nDesEndPointURL = https://storage.googleapis.com\n'
+            'DesBucket = dst\nS3Prefix = /data/\nSrcFileIndex = *\n[LOCAL_TO_S3]\nSrcDir = /home/x\n'
+            '[S3_TO_S3]\nSrcProfileName = iad\nSrcEndPointURL = AWS\nSrcBucket = src\n'
+            '[Advanced]\nChunkSize = 5\nMaxRetry = 20\nMaxThread = 5\nMaxParallelFile = 5\n'
+            'StorageClass = standard_ia\nifVerifyMD5 = False\nDontAskMeToClean = True\nLoggingLevel = INFO\n')
+    config = Config.load(write(tmp_path, text))
+    assert config.JobType == 'S3_TO_S3'
+    assert config.DesEndPointURL == 'https://storage.googleapis.com'
+    assert config.S3Prefix == 'data' and config.SrcPrefix == 'data'   # SrcPrefix defaults to S3Prefix
+    assert config.StorageClass == 'STANDARD_IA'
+    assert config.chunk_bytes == 5 * MiB and config.threshold_bytes == 5 * MiB
+
+
+def test_src_prefix_and_overrides(tmp_path):
+    path = write(tmp_path, '[Basic]\nJobType = S3_TO_S3\nDesBucket = d\nS3Prefix = out\n'
+                           '[S3_TO_S3]\nSrcBucket = s\nSrcPrefix = in\n')
+    config = Config.load(path, {'maxthread': '12', 'S3Prefix': 'other/'})
+    assert (config.SrcPrefix, config.S3Prefix, config.MaxThread) == ('in', 'other', 12)
+
+
+def test_inline_comments_and_bom(tmp_path):
+    path = write(tmp_path, '\ufeff[Basic]\nDesBucket = b   # the bucket\n[LOCAL_TO_S3]\nSrcDir = /x\n')
+    assert Config.load(path).DesBucket == 'b'
+
+
+@pytest.mark.parametrize('line, message', [
+    ('ChunkSize = 0', 'ChunkSize'),
+    ('ChunkSize = 4', 'from 5 to 5120'),
+    ('ChunkSize = 5121', 'from 5 to 5120'),
+    ('ChunkSize = ten', 'whole number'),
+    ('MaxThread = -1', 'MaxThread'),
+    ('MaxThread = 10000', 'from 1 to 256'),
+    ('MaxParallelFile = 0', 'MaxParallelFile'),
+    ('MaxRetry = x', 'MaxRetry'),
+    ('StorageClass = COLD', 'one of STANDARD'),
+    ('ifVerifyMD5 = maybe', 'True or False'),
+    ('LoggingLevel = LOUD', 'DEBUG'),
+    ('BandwidthLimit = -5', 'BandwidthLimit'),
+])
+def test_bad_numbers_and_choices_are_rejected(tmp_path, line, message):
+    path = write(tmp_path, f'[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n[Advanced]\n{line}\n')
+    with pytest.raises(ConfigError, match=message):
+        Config.load(path)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('[Basic]\nJobType = FTP_TO_S3\nDesBucket = b\n', 'JobType'),
+    ('[Basic]\nDesBucket =\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'DesBucket is missing'),
+    ('[Basic]\nDesBucket = b\n', 'SrcDir is missing'),
+    ('[Basic]\nJobType = S3_TO_S3\nDesBucket = b\n', 'SrcBucket is missing'),
+    ('[Basic]\nDesBucket = b/c\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'bucket name'),
+    ('DesBucket = b\n', 'cannot be parsed'),
+    ('[Basic]\nDesBucket = b\nDesBucket = c\n', 'cannot be parsed'),
+    ('[Basic]\nDesEndPointURL = ftp://x\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'http'),
+])
+def test_bad_config_lines(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.load(write(tmp_path, text))
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(ConfigError, match='config file not found'):
+        Config.load(str(tmp_path / 'nope.ini'))
+    path = write(tmp_path, '[Basic]\nDesBucket = caf\xe9\n', encoding='latin-1')
+    with pytest.raises(ConfigError, match='not UTF-8'):
+        Config.load(path)
+
+
+def test_unknown_keys_and_sections_warn_with_did_you_mean(tmp_path):
+    path = write(tmp_path, '[Basic]\nDesBucket = b\nDesBuckett = c\n[LOCAL_TO_S3]\nSrcDir = /x\n'
+                           '[Advanced]\nMaxThreads = 4\n[Advanced2]\nx = 1\n')
+    config = Config.load(path)
+    joined = '\n'.join(config.warnings)
+    assert "unknown key 'desbuckett'" in joined
+    assert 'did you mean DesBucket?' in joined
+    assert 'did you mean MaxThread?' in joined
+    assert '[Advanced2]' in joined and 'did you mean Advanced?' in joined
+    with pytest.raises(ConfigError, match='did you mean MaxThread'):
+        Config.load(path, {'MaxThreads': '3'})
+
+
+def test_endpoint_forms():
+    parse = s3_upload._endpoint
+    assert parse('AWS') is None and parse('') is None and parse('aws') is None
+    assert parse('s3.cn-north-1.amazonaws.com.cn') == 'https://s3.cn-north-1.amazonaws.com.cn'
+    assert parse('http://127.0.0.1:9000/') == 'http://127.0.0.1:9000'
+
+
+def test_prefix_forms():
+    assert s3_upload._prefix('/a/b/') == 'a/b' and s3_upload._prefix('/') == '' and s3_upload._prefix('.') == ''

@@ -1,0 +1,199 @@
+"""The transfer engine end to end: uploads, multipart, resume after kill -9, verification, skip on rerun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import (bucket_contents, dest_settings, md5, random_bytes, unfinished_uploads, write_tree)
+
+MiB = 1024 * 1024
+
+
+def test_folder_upload_is_byte_identical_and_rerun_skips(any_server, tool, tmp_path):
+    files = {
+        'a.txt': b'hello',
+        'empty.bin': b'',
+        'sub/dir/deep.bin': random_bytes(300_000, 1),
+        '中文 目录/文件 name+plus%25.txt': b'unicode and odd characters',
+        'big.bin': random_bytes(12 * MiB + 7, 2),     # multipart: 3 parts of 5 MiB
+    }
+    src = write_tree(tmp_path / 'src', files)
+    (tmp_path / 'src' / 'empty-folder').mkdir()
+    bucket = any_server.bucket()
+    settings = dest_settings(any_server, bucket, SrcDir=src, S3Prefix='backup', ChunkSize=5)
+
+    first = tool.run(settings)
+    assert first.code == 0, first.stderr
+    assert bucket_contents(any_server, bucket) == {f'backup/{k}': v for k, v in files.items()}
+    report = first.report
+    assert report['files_total'] == 5 and report['files_transferred'] == 5
+    assert report['files_failed'] == 0 and report['failures'] == []
+    assert report['bytes_total'] == sum(map(len, files.values()))
+    assert report['bytes_transferred'] == report['bytes_total']
+    assert report['parts_uploaded'] == 4 + 3
+    assert unfinished_uploads(any_server, bucket) == []
+
+    second = tool.run(settings)
+    assert second.code == 0, second.stderr
+    assert second.report['files_skipped'] == 5 and second.report['bytes_transferred'] == 0
+
+
+def test_multipart_etag_is_verified(seaweed, tool, tmp_path):
+    data = random_bytes(11 * MiB, 3)
+    src = write_tree(tmp_path / 'src', {'f.bin': data})
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    head = seaweed.client().head_object(Bucket=bucket, Key='f.bin')
+    parts = [bytes.fromhex(md5(data[i:i + 5 * MiB])) for i in range(0, len(data), 5 * MiB)]
+    import hashlib
+    assert head['ETag'].strip('"') == hashlib.md5(b''.join(parts)).hexdigest() + '-3'
+    assert run.report['verified_by_etag'] == 1
+
+
+def test_single_file_selected_by_srcfileindex(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'keep/me.txt': b'me', 'other.txt': b'other'})
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, SrcFileIndex='keep/me.txt', S3Prefix='p'))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'p/keep/me.txt': b'me'}
+
+
+def test_list_parts_pagination_on_resume(any_server, tool, tmp_path):
+    """An upload with more parts than one ListParts page is resumed with every part reused."""
+    data = random_bytes(31 * MiB, 4)   # 7 parts of 5 MiB; pages of 2 parts
+    src = write_tree(tmp_path / 'src', {'paged.bin': data})
+    bucket = any_server.bucket()
+    client = any_server.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key='paged.bin')['UploadId']
+    for number in (1, 2, 3, 4, 5):
+        client.upload_part(Bucket=bucket, Key='paged.bin', UploadId=upload_id, PartNumber=number,
+                           Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
+    run = tool.run(dest_settings(any_server, bucket, SrcDir=src, ChunkSize=5, ListPageSize=2))
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] == 5 and run.report['parts_uploaded'] == 2
+    assert run.report['bytes_resumed'] == 25 * MiB
+    assert run.report['bytes_transferred'] == 6 * MiB
+    assert bucket_contents(any_server, bucket) == {'paged.bin': data}
+    assert unfinished_uploads(any_server, bucket) == []
+
+
+def _parts_listed(server, bucket, key):
+    client = server.client()
+    uploads = [u for u in client.list_multipart_uploads(Bucket=bucket).get('Uploads', []) if u['Key'] == key]
+    if not uploads:
+        return []
+    return client.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]['UploadId']).get('Parts', [])
+
+
+@pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
+def test_kill_9_mid_multipart_then_resume(server_name, request, tool, tmp_path):
+    server = request.getfixturevalue(server_name)
+    data = random_bytes(60 * MiB + 123, 5)   # 13 parts of 5 MiB
+    src = write_tree(tmp_path / 'src', {'movie.bin': data})
+    bucket = server.bucket()
+    threads = 3
+    settings = dest_settings(server, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads, BandwidthLimit=12)
+    process = tool.start(settings)
+    deadline = time.time() + 60
+    while len(_parts_listed(server, bucket, 'movie.bin')) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _parts_listed(server, bucket, 'movie.bin')
+    assert 4 <= len(before) < 13, 'the kill should land in the middle of the upload'
+
+    settings['BandwidthLimit'] = 0
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    report = run.report
+    assert report['parts_resumed'] == len(before)
+    assert report['bytes_resumed'] == sum(p['Size'] for p in before)
+    assert report['bytes_transferred'] == len(data) - report['bytes_resumed']
+    # Re-sent in total: at most the parts that were in flight when the process died.
+    assert report['parts_uploaded'] <= 13 - len(before)
+    assert bucket_contents(server, bucket) == {'movie.bin': data}
+    assert unfinished_uploads(server, bucket) == []
+
+
+def test_resume_without_journal_rehashes_local_parts(seaweed, tool, tmp_path):
+    """Parts left by another run (no journal entry) are kept only when their MD5 matches the file."""
+    data = random_bytes(20 * MiB, 6)
+    src = write_tree(tmp_path / 'src', {'x.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key='x.bin')['UploadId']
+    client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=1, Body=data[:5 * MiB])
+    client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=2,
+                       Body=b'\0' * (5 * MiB))   # same size, wrong content
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] == 1 and run.report['parts_uploaded'] == 3
+    assert bucket_contents(seaweed, bucket) == {'x.bin': data}
+
+
+def test_source_changed_between_runs_is_not_mixed(seaweed, tool, tmp_path):
+    data = random_bytes(20 * MiB, 7)
+    src = write_tree(tmp_path / 'src', {'c.bin': data})
+    bucket = seaweed.bucket()
+    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=8)
+    process = tool.start(settings)
+    deadline = time.time() + 60
+    while len(_parts_listed(seaweed, bucket, 'c.bin')) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _parts_listed(seaweed, bucket, 'c.bin')
+    changed = bytearray(data)
+    changed[100] ^= 0xFF              # part 1 differs now, same size
+    (src / 'c.bin').write_bytes(bytes(changed))
+    settings['BandwidthLimit'] = 0
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'c.bin': bytes(changed)}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_chunk_size_changed_between_runs_resumes_with_the_uploads_part_size(seaweed, tool, tmp_path):
+    data = random_bytes(30 * MiB, 8)
+    src = write_tree(tmp_path / 'src', {'d.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key='d.bin')['UploadId']
+    for number in (1, 2):
+        client.upload_part(Bucket=bucket, Key='d.bin', UploadId=upload_id, PartNumber=number,
+                           Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] == 2 and run.report['bytes_resumed'] == 12 * MiB
+    assert bucket_contents(seaweed, bucket) == {'d.bin': data}
+
+
+def test_stale_upload_that_cannot_fit_is_aborted_and_other_keys_untouched(seaweed, tool, tmp_path):
+    data = random_bytes(12 * MiB, 9)
+    src = write_tree(tmp_path / 'src', {'a.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    stale = client.create_multipart_upload(Bucket=bucket, Key='a.bin')['UploadId']
+    client.upload_part(Bucket=bucket, Key='a.bin', UploadId=stale, PartNumber=1, Body=b'x' * (7 * MiB + 1))
+    other = client.create_multipart_upload(Bucket=bucket, Key='a.bin.bak')['UploadId']
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] == 0
+    assert bucket_contents(seaweed, bucket) == {'a.bin': data}
+    assert [(u['Key'], u['UploadId']) for u in unfinished_uploads(seaweed, bucket)] == [('a.bin.bak', other)]
+
+
+def test_prefix_names_a_folder_not_a_string_prefix(seaweed, tool, tmp_path):
+    """S3Prefix 'data' must not treat 'database/x' as already uploaded."""
+    src = write_tree(tmp_path / 'src', {'x': b'12345'})
+    bucket = seaweed.bucket()
+    seaweed.client().put_object(Bucket=bucket, Key='database/x', Body=b'abcde')
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='data'))
+    assert run.code == 0, run.stderr
+    assert run.report['files_transferred'] == 1
+    assert bucket_contents(seaweed, bucket)['data/x'] == b'12345'

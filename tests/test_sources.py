@@ -1,0 +1,138 @@
+"""Sources: the local walk (order, names, links) and S3 buckets of another account/endpoint (S3_TO_S3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import bucket_contents, random_bytes, unfinished_uploads, write_tree
+from s3_upload import LocalSource
+
+MiB = 1024 * 1024
+
+
+def test_local_walk_yields_keys_in_s3_order(tmp_path):
+    names = ['a-b', 'a/x', 'a/y/z', 'a.txt', 'a0', 'b', 'é', 'Z', 'a b', '中']
+    write_tree(tmp_path, {name: name.encode() for name in names})
+    keys = [obj.key for obj in LocalSource(str(tmp_path)).objects()]
+    assert keys == sorted(names, key=lambda k: k.encode('utf-8'))
+
+
+def test_local_walk_survives_symlink_loops(tmp_path):
+    write_tree(tmp_path, {'d/f.txt': b'f'})
+    (tmp_path / 'd' / 'loop').symlink_to(tmp_path / 'd')
+    objects = list(LocalSource(str(tmp_path)).objects())
+    assert [o.key for o in objects] == ['d/f.txt']
+
+
+def test_names_that_cannot_be_keys_fail_alone(seaweed, tool, tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'ok.txt').write_bytes(b'ok')
+    os.close(os.open(os.path.join(os.fsencode(src), b'bad-\xff-name'), os.O_CREAT | os.O_WRONLY))
+    deep = src / '/'.join(['d' * 200] * 6)   # 1,214 bytes
+    deep.mkdir(parents=True)
+    (deep / 'long.txt').write_bytes(b'long')
+    (src / 'new\nline.txt').write_bytes(b'newline in name')
+    bucket = seaweed.bucket()
+    run = tool.run({'JobType': 'LOCAL_TO_S3', 'DesProfileName': seaweed.profile,
+                    'DesEndPointURL': seaweed.endpoint, 'DesBucket': bucket, 'SrcDir': src})
+    assert run.code == 1, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'ok.txt': b'ok', 'new\nline.txt': b'newline in name'}
+    errors = sorted(f['error'] for f in run.report['failures'])
+    assert len(errors) == 2
+    assert any('not valid UTF-8' in e for e in errors) and any('S3 allows 1024' in e for e in errors)
+
+
+def s3_to_s3(src_server, src_bucket, dst_server, dst_bucket, **more):
+    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src_server.profile, 'SrcEndPointURL': src_server.endpoint,
+            'SrcBucket': src_bucket, 'DesProfileName': dst_server.profile, 'DesEndPointURL': dst_server.endpoint,
+            'DesBucket': dst_bucket, **more}
+
+
+def fill(server, bucket, objects):
+    client = server.client()
+    for key, data in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def test_s3_to_s3_between_two_endpoints_and_credential_sets(moto, seaweed, tool):
+    objects = {'in/a.txt': b'a', 'in/empty': b'', 'in/dir/': b'', 'in/漢字 +%.bin': random_bytes(1000, 1),
+               'in/big.bin': random_bytes(12 * MiB + 5, 2), 'inside-not-below': b'no', 'other/x': b'no'}
+    src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
+    fill(moto, src_bucket, objects)
+    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcPrefix='in', S3Prefix='out/put', ChunkSize=5)
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    expected = {f'out/put/{k[3:]}': v for k, v in objects.items() if k.startswith('in/')}
+    assert bucket_contents(seaweed, dst_bucket) == expected
+    assert run.report['files_transferred'] == 5 and run.report['parts_uploaded'] == 4 + 3
+    again = tool.run(settings)
+    assert again.code == 0 and again.report['files_skipped'] == 5
+
+
+def test_s3_to_s3_same_server_different_credentials(seaweed, tool):
+    src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
+    fill(seaweed, src_bucket, {'k1': b'one', 'k2': random_bytes(6 * MiB, 3)})
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcProfileName='seaweed_source', ChunkSize=5)
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, dst_bucket) == bucket_contents(seaweed, src_bucket)
+
+
+def test_s3_source_single_key(moto, seaweed, tool):
+    src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
+    fill(moto, src_bucket, {'p/one.txt': b'1', 'p/two.txt': b'2'})
+    run = tool.run(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, S3Prefix='p', SrcFileIndex='two.txt'))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, dst_bucket) == {'p/two.txt': b'2'}
+
+
+def test_s3_source_overwritten_mid_copy_restarts_the_object(seaweed, tool):
+    """Reads are pinned to the listed ETag: an overwrite restarts the object, never mixes versions."""
+    src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
+    old, new = random_bytes(30 * MiB, 4), random_bytes(30 * MiB, 5)
+    fill(seaweed, src_bucket, {'v.bin': old})
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1, BandwidthLimit=10)
+    process = tool.start(settings)
+    client = seaweed.client()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        uploads = client.list_multipart_uploads(Bucket=dst_bucket).get('Uploads', [])
+        if uploads and client.list_parts(Bucket=dst_bucket, Key='v.bin',
+                                         UploadId=uploads[0]['UploadId']).get('Parts'):
+            break
+        time.sleep(0.05)
+    client.put_object(Bucket=src_bucket, Key='v.bin', Body=new)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert b'overwritten during the copy' in err
+    assert bucket_contents(seaweed, dst_bucket) == {'v.bin': new}
+    assert unfinished_uploads(seaweed, dst_bucket) == []
+
+
+def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
+    src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
+    data = random_bytes(40 * MiB, 6)
+    fill(moto, src_bucket, {'r.bin': data})
+    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=2, BandwidthLimit=10)
+    process = tool.start(settings)
+    client = seaweed.client()
+    deadline = time.time() + 60
+    parts = []
+    while len(parts) < 3 and time.time() < deadline:
+        uploads = client.list_multipart_uploads(Bucket=dst_bucket).get('Uploads', [])
+        if uploads:
+            parts = client.list_parts(Bucket=dst_bucket, Key='r.bin', UploadId=uploads[0]['UploadId']).get('Parts', [])
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    settings['BandwidthLimit'] = 0
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] >= 3
+    assert run.report['bytes_transferred'] + run.report['bytes_resumed'] == len(data)
+    assert bucket_contents(seaweed, dst_bucket) == {'r.bin': data}
