@@ -583,6 +583,11 @@ def _key_problem(key: str) -> str:
     return ''
 
 
+def printable(name: str) -> str:
+    """A file name that cannot be encoded (undecodable bytes), shown with \\xNN escapes."""
+    return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
 class LocalSource:
     """Files below a local folder (recursive, in S3 key order) or one file in it."""
 
@@ -622,7 +627,7 @@ class LocalSource:
             folder_stat = os.stat(folder)
             entries = list(os.scandir(folder))
         except OSError as error:
-            yield SourceObject(prefix.rstrip('/') or '.', 0, '', folder,
+            yield SourceObject(printable(prefix.rstrip('/') or '.'), 0, '', printable(folder),
                                f'cannot list folder: {error.strerror}')
             return
         ancestors = ancestors | {(folder_stat.st_dev, folder_stat.st_ino)}
@@ -640,10 +645,11 @@ class LocalSource:
                 try:
                     target = os.stat(entry.path)
                 except OSError as error:
-                    yield SourceObject(key, 0, '', entry.path, f'cannot open folder: {error.strerror}')
+                    yield SourceObject(printable(key), 0, '', printable(entry.path),
+                                       f'cannot open folder: {error.strerror}')
                     continue
                 if (target.st_dev, target.st_ino) in ancestors:
-                    logger.warning('skipping %s: symbolic link loop', entry.path)
+                    logger.warning('skipping %s: symbolic link loop', printable(entry.path))
                     continue
                 yield from self._walk(entry.path, key + '/', ancestors)
             else:
@@ -657,12 +663,14 @@ class LocalSource:
             info = os.stat(path)
         except OSError as error:
             reason = 'broken symbolic link' if os.path.islink(path) else error.strerror
-            return SourceObject(key, 0, '', path, f'cannot read file: {reason}')
+            return SourceObject(printable(key), 0, '', printable(path), f'cannot read file: {reason}')
         if not stat.S_ISREG(info.st_mode):
-            logger.warning('skipping %s: not a regular file', path)
+            logger.warning('skipping %s: not a regular file', printable(path))
             return None
         problem = _key_problem(key)
-        if not problem and not os.access(path, os.R_OK):
+        if problem:
+            return SourceObject(printable(key), info.st_size, '', printable(path), problem)
+        if not os.access(path, os.R_OK):
             problem = 'cannot read file: permission denied'
         return SourceObject(key, info.st_size, f'{path}|{info.st_size}|{info.st_mtime_ns}', path, problem)
 
@@ -1111,7 +1119,7 @@ class ResumeJournal:
 def _private_open(path: str, append: bool = False) -> Any:
     """Open a text file for writing that only its owner can read."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    return open(os.open(path, flags, 0o600), 'a' if append else 'w', encoding='utf-8')
+    return open(os.open(path, flags, 0o600), 'a' if append else 'w', encoding='utf-8', errors='backslashreplace')
 
 
 ###############################################################################
@@ -1612,8 +1620,14 @@ class ProgressDisplay:
 # CLI #########################################################################
 ###############################################################################
 
+CONTROL_CHARACTERS = {code: f'\\x{code:02x}' for code in range(32) if code != 9} | {10: '\\n', 13: '\\r'}
+
+
 class SecretFilter(logging.Filter):
-    """Replaces every known secret (access keys, secret keys, tokens) in log records by '***'."""
+    """Replaces every known secret (access keys, secret keys, tokens) in log records by '***'.
+
+    It also escapes control characters, so a key with a newline cannot forge log lines.
+    """
 
     MIN_LENGTH = 8   # shorter values are no real keys, and masking them would mangle ordinary words
     secrets: set = set()
@@ -1640,12 +1654,11 @@ class SecretFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = self.redact(record.getMessage())
-            record.msg, record.args = message, None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
+        message = record.getMessage().translate(CONTROL_CHARACTERS)
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -296,6 +295,30 @@ def bucket_contents(server: S3Server, bucket: str, prefix: str = '') -> Dict[str
 
 def unfinished_uploads(server: S3Server, bucket: str) -> List[dict]:
     return server.client().list_multipart_uploads(Bucket=bucket).get('Uploads', [])
+
+
+def parts_of(server: S3Server, bucket: str, key: str) -> List[dict]:
+    """Parts of the newest unfinished upload of key ([] if none, or if it just finished)."""
+    client = server.client()
+    try:
+        uploads = [u for u in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get('Uploads', [])
+                   if u['Key'] == key]
+        if not uploads:
+            return []
+        newest = max(uploads, key=lambda u: u['Initiated'])
+        return client.list_parts(Bucket=bucket, Key=key, UploadId=newest['UploadId']).get('Parts', [])
+    except client.exceptions.NoSuchUpload:
+        return []
+
+
+def wait_for_parts(server: S3Server, bucket: str, key: str, count: int, timeout: float = 60) -> List[dict]:
+    """Poll until the upload of key holds at least count parts."""
+    deadline = time.time() + timeout
+    parts: List[dict] = []
+    while len(parts) < count and time.time() < deadline:
+        parts = parts_of(server, bucket, key)
+        time.sleep(0.05)
+    return parts
 
 
 def md5(data: bytes) -> str:

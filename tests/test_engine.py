@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, md5, random_bytes, unfinished_uploads, write_tree)
+from conftest import (bucket_contents, dest_settings, md5, parts_of, random_bytes, unfinished_uploads,
+                      wait_for_parts, write_tree)
 
 MiB = 1024 * 1024
 
@@ -82,14 +81,6 @@ def test_list_parts_pagination_on_resume(any_server, tool, tmp_path):
     assert unfinished_uploads(any_server, bucket) == []
 
 
-def _parts_listed(server, bucket, key):
-    client = server.client()
-    uploads = [u for u in client.list_multipart_uploads(Bucket=bucket).get('Uploads', []) if u['Key'] == key]
-    if not uploads:
-        return []
-    return client.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]['UploadId']).get('Parts', [])
-
-
 @pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
 def test_kill_9_mid_multipart_then_resume(server_name, request, tool, tmp_path):
     server = request.getfixturevalue(server_name)
@@ -99,12 +90,10 @@ def test_kill_9_mid_multipart_then_resume(server_name, request, tool, tmp_path):
     threads = 3
     settings = dest_settings(server, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads, BandwidthLimit=12)
     process = tool.start(settings)
-    deadline = time.time() + 60
-    while len(_parts_listed(server, bucket, 'movie.bin')) < 4 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_parts(server, bucket, 'movie.bin', 4)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = _parts_listed(server, bucket, 'movie.bin')
+    before = parts_of(server, bucket, 'movie.bin')
     assert 4 <= len(before) < 13, 'the kill should land in the middle of the upload'
 
     settings['BandwidthLimit'] = 0
@@ -142,12 +131,10 @@ def test_source_changed_between_runs_is_not_mixed(seaweed, tool, tmp_path):
     bucket = seaweed.bucket()
     settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=8)
     process = tool.start(settings)
-    deadline = time.time() + 60
-    while len(_parts_listed(seaweed, bucket, 'c.bin')) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_parts(seaweed, bucket, 'c.bin', 2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert _parts_listed(seaweed, bucket, 'c.bin')
+    assert parts_of(seaweed, bucket, 'c.bin')
     changed = bytearray(data)
     changed[100] ^= 0xFF              # part 1 differs now, same size
     (src / 'c.bin').write_bytes(bytes(changed))

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
-import pytest
-
-from conftest import bucket_contents, random_bytes, unfinished_uploads, write_tree
+from conftest import bucket_contents, random_bytes, unfinished_uploads, wait_for_parts, write_tree
 from s3_upload import LocalSource
 
 MiB = 1024 * 1024
@@ -40,7 +37,7 @@ def test_names_that_cannot_be_keys_fail_alone(seaweed, tool, tmp_path):
     bucket = seaweed.bucket()
     run = tool.run({'JobType': 'LOCAL_TO_S3', 'DesProfileName': seaweed.profile,
                     'DesEndPointURL': seaweed.endpoint, 'DesBucket': bucket, 'SrcDir': src})
-    assert run.code == 1, run.stderr
+    assert run.code == 1 and run.report, run.stderr
     assert bucket_contents(seaweed, bucket) == {'ok.txt': b'ok', 'new\nline.txt': b'newline in name'}
     errors = sorted(f['error'] for f in run.report['failures'])
     assert len(errors) == 2
@@ -98,15 +95,8 @@ def test_s3_source_overwritten_mid_copy_restarts_the_object(seaweed, tool):
     fill(seaweed, src_bucket, {'v.bin': old})
     settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1, BandwidthLimit=10)
     process = tool.start(settings)
-    client = seaweed.client()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        uploads = client.list_multipart_uploads(Bucket=dst_bucket).get('Uploads', [])
-        if uploads and client.list_parts(Bucket=dst_bucket, Key='v.bin',
-                                         UploadId=uploads[0]['UploadId']).get('Parts'):
-            break
-        time.sleep(0.05)
-    client.put_object(Bucket=src_bucket, Key='v.bin', Body=new)
+    assert wait_for_parts(seaweed, dst_bucket, 'v.bin', 1)
+    seaweed.client().put_object(Bucket=src_bucket, Key='v.bin', Body=new)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err.decode()
     assert b'overwritten during the copy' in err
@@ -120,14 +110,7 @@ def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
     fill(moto, src_bucket, {'r.bin': data})
     settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=2, BandwidthLimit=10)
     process = tool.start(settings)
-    client = seaweed.client()
-    deadline = time.time() + 60
-    parts = []
-    while len(parts) < 3 and time.time() < deadline:
-        uploads = client.list_multipart_uploads(Bucket=dst_bucket).get('Uploads', [])
-        if uploads:
-            parts = client.list_parts(Bucket=dst_bucket, Key='r.bin', UploadId=uploads[0]['UploadId']).get('Parts', [])
-        time.sleep(0.05)
+    assert len(wait_for_parts(seaweed, dst_bucket, 'r.bin', 3)) >= 3
     process.send_signal(signal.SIGKILL)
     process.wait()
     settings['BandwidthLimit'] = 0
