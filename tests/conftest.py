@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Optional
 
 import boto3
 import botocore.config
+import botocore.handlers
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,9 +80,12 @@ class S3Server:
         config = botocore.config.Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 5},
                                         request_checksum_calculation='when_required',
                                         response_checksum_validation='when_required')
-        return boto3.client('s3', endpoint_url=self.endpoint, region_name='us-east-1', config=config,
-                            aws_access_key_id=access_key or self.access_key,
-                            aws_secret_access_key=secret_key or self.secret_key)
+        client = boto3.client('s3', endpoint_url=self.endpoint, region_name='us-east-1', config=config,
+                              aws_access_key_id=access_key or self.access_key,
+                              aws_secret_access_key=secret_key or self.secret_key)
+        # SeaweedFS answers "Expect: 100-continue" in a way urllib3 sometimes cannot parse (60 s stalls).
+        client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
+        return client
 
     def bucket(self, prefix: str = 'test') -> str:
         """Create a new empty bucket (retrying while the server warms up) and return its name."""

@@ -1,0 +1,103 @@
+"""The planner: part sizes within S3's limits, part-fit checks for resume, and the streamed skip decision."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import write_tree
+from s3_upload import (Destination, LocalSource, MiB, Part, Retrier, part_count, part_range, part_size_for,
+                       parts_fit, plan)
+
+GiB, TiB = 1024 * MiB, 1024 * 1024 * MiB
+
+
+@pytest.mark.parametrize('size, chunk, expected', [
+    (100 * MiB, 8 * MiB, 8 * MiB),
+    (10_000 * 8 * MiB, 8 * MiB, 8 * MiB),             # exactly 10,000 parts: unchanged
+    (10_000 * 8 * MiB + 1, 8 * MiB, 9 * MiB),         # one byte more: next whole MiB
+    (5 * TiB, 5 * MiB, 525 * MiB),                     # the largest object S3 takes
+    (200 * GiB, 5 * MiB, 21 * MiB),
+])
+def test_part_size_keeps_within_10000_parts_in_whole_mib(size, chunk, expected):
+    part = part_size_for(size, chunk)
+    assert part == expected
+    assert part % MiB == 0 and part_count(size, part) <= 10_000 and part <= 5 * GiB
+
+
+def test_part_size_rejects_objects_over_5_tib():
+    with pytest.raises(ValueError, match='5 TiB'):
+        part_size_for(5 * TiB + 1, 8 * MiB)
+
+
+def test_part_ranges_cover_the_file_exactly():
+    size, part = 23 * MiB + 5, 5 * MiB
+    ranges = [part_range(n, size, part) for n in range(1, part_count(size, part) + 1)]
+    assert ranges[0] == (0, part) and ranges[-1] == (20 * MiB, 3 * MiB + 5)
+    assert sum(length for _, length in ranges) == size
+
+
+def test_parts_fit():
+    size = 23 * MiB + 5
+    good = [Part(1, 5 * MiB, 'e'), Part(5, 3 * MiB + 5, 'e')]
+    assert parts_fit(good, size, 5 * MiB)
+    assert not parts_fit(good, size, 6 * MiB)                      # other part size
+    assert not parts_fit([Part(6, 1, 'e')], size, 5 * MiB)         # beyond the last part
+    assert not parts_fit([Part(1, 4 * MiB, 'e')], size, 4 * MiB)   # below S3's 5 MiB minimum
+    assert parts_fit([Part(1, size, 'e')], size, size)              # a single part may be any size
+
+
+def test_streamed_plan_skips_exactly_what_is_there(seaweed, tmp_path):
+    """Both listings stream in pages of 3; decisions match a full comparison."""
+    names = [f'k{i:02d}' for i in range(30)] + ['z/a', 'z-b', 'é']
+    write_tree(tmp_path, {name: b'x' * (i % 4) for i, name in enumerate(names)})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    present = {}
+    for i, name in enumerate(names):
+        if i % 3 == 0:
+            present[name] = b'x' * (i % 4)              # same size: skip
+        elif i % 5 == 0:
+            present[name] = b'y' * (i % 4 + 1)          # other size: send
+    for name, data in present.items():
+        client.put_object(Bucket=bucket, Key=f'p/{name}', Body=data)
+    client.put_object(Bucket=bucket, Key='p/extra-only-at-destination', Body=b'')
+    destination = Destination(client, bucket, 'p', page_size=3, retry=Retrier(2, threading.Event()))
+    tasks = {task.source.key: task.action for task in plan(LocalSource(str(tmp_path)).objects(), destination)}
+    expected = {name: 'skip' if name in present and len(present[name]) == i % 4 else 'send'
+                for i, name in enumerate(names)}
+    assert tasks == expected
+
+
+class FakeListing:
+    """A destination whose listing order we choose (real servers always sort; this tests the guard)."""
+    prefix = ''
+
+    def __init__(self, items):
+        self.items = items
+
+    def key_for(self, key):
+        return key
+
+    def objects(self):
+        return iter(self.items)
+
+
+def test_unsorted_source_falls_back_to_a_full_index(tmp_path):
+    write_tree(tmp_path, {'a': b'1', 'b': b'22', 'c': b'333'})
+    by_key = {o.key: o for o in LocalSource(str(tmp_path)).objects()}
+    unsorted = [by_key['b'], by_key['a'], by_key['c']]
+    destination = FakeListing([('a', 1, ''), ('b', 2, ''), ('c', 3, '')])
+    assert {t.source.key: t.action for t in plan(unsorted, destination)} == {'a': 'skip', 'b': 'skip', 'c': 'skip'}
+
+
+@pytest.mark.parametrize('order', [['b', 'a', 'c'], ['c', 'b', 'a'], ['a', 'c', 'b']])
+def test_unsorted_destination_never_causes_a_false_skip(tmp_path, order):
+    write_tree(tmp_path, {'a': b'1', 'b': b'22', 'c': b'333', 'd': b'4444'})
+    sizes = {'a': 1, 'b': 0, 'c': 3}
+    destination = FakeListing([(key, sizes[key], '') for key in order])
+    tasks = {t.source.key: t.action for t in plan(LocalSource(str(tmp_path)).objects(), destination)}
+    assert tasks['b'] == 'send' and tasks['d'] == 'send'
+    skipped = {key for key, action in tasks.items() if action == 'skip'}
+    assert skipped <= {'a', 'c'}      # only objects present with the same size may be skipped
