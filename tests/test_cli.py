@@ -98,3 +98,95 @@ def test_gui_flag_without_gui_exits_2(tool):
     done = subprocess.run([sys.executable, str(TOOL), '--gui', '--config', str(tool.folder / 'x.ini')],
                           capture_output=True, text=True, timeout=60, env={**tool.env, 'DISPLAY': ''})
     assert done.returncode == 2 and done.stderr.startswith('s3_upload: error:')
+
+
+def run_in_terminal(command, env, cwd, answer: bytes = b'', timeout: float = 120):
+    """Run command on a pseudo-terminal; type answer when the CLEAN prompt shows. Returns (code, output)."""
+    import os
+    import pty
+    import select
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(command[0], command, env)
+    output, answered, deadline = b'', False, time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not answered and b'Type CLEAN' in output:
+            os.write(fd, answer + b'\n')
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode('utf-8', 'replace')
+
+
+@pytest.mark.parametrize('answer, resumed', [(b'CLEAN', 0), (b'', 1)])
+def test_dont_ask_me_to_clean_false_offers_to_abort_this_jobs_uploads(answer, resumed, seaweed, tool, tmp_path):
+    from conftest import random_bytes
+    data = random_bytes(12 * 1024 * 1024, 11)
+    src = write_tree(tmp_path / 'src', {'f.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    mine = client.create_multipart_upload(Bucket=bucket, Key='job/f.bin')['UploadId']
+    client.upload_part(Bucket=bucket, Key='job/f.bin', UploadId=mine, PartNumber=1, Body=data[:5 * 1024 * 1024])
+    foreign = client.create_multipart_upload(Bucket=bucket, Key='other/g.bin')['UploadId']
+    settings = dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='job', ChunkSize=5, DontAskMeToClean=False,
+                             BandwidthLimit=4)
+    command = tool.command(settings)
+    code, output = run_in_terminal(command, tool.env, tool.folder, answer)
+    assert code == 0, output
+    assert '1 unfinished upload(s) of this job' in output
+    assert 'ETA' in output and '%' in output          # the live progress bar
+    report = json.loads((tool.folder / f'report{tool.runs}.json').read_text())
+    assert report['parts_resumed'] == resumed
+    assert bucket_contents(seaweed, bucket) == {'job/f.bin': data}
+    assert [u['UploadId'] for u in unfinished_uploads(seaweed, bucket)] == [foreign]
+
+
+@pytest.mark.parametrize('signame, code', [('SIGINT', 130), ('SIGTERM', 143)])
+def test_graceful_stop_exit_code_and_resume(signame, code, seaweed, tool, tmp_path):
+    import signal
+    from conftest import random_bytes, wait_for_parts
+    data = random_bytes(40 * 1024 * 1024, 12)
+    src = write_tree(tmp_path / 'src', {'s.bin': data, 'small.txt': b'small'})
+    bucket = seaweed.bucket()
+    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=2, BandwidthLimit=8)
+    process = tool.start(settings)
+    assert wait_for_parts(seaweed, bucket, 's.bin', 2)
+    process.send_signal(getattr(signal, signame))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err.decode()
+    stopped = json.loads((tool.folder / f'report{tool.runs}.json').read_text())
+    assert stopped['stopped'] is True and stopped['files_transferred'] < 2
+    assert b'run the same command again to resume' in err
+    settings['BandwidthLimit'] = 0
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] >= 2
+    assert bucket_contents(seaweed, bucket) == {'s.bin': data, 'small.txt': b'small'}
+
+
+def test_no_connection_pool_warnings_at_high_concurrency(seaweed, tool, tmp_path):
+    from conftest import random_bytes
+    files = {f'f{i}.bin': random_bytes(11 * 1024 * 1024, i) for i in range(4)}
+    files.update({f's{i}.txt': b'x' * i for i in range(40)})
+    src = write_tree(tmp_path / 'src', files)
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=3, MaxParallelFile=6,
+                                 LoggingLevel='DEBUG'))
+    assert run.code == 0, run.stderr[-3000:]
+    assert 'Connection pool is full' not in run.stderr
+    assert bucket_contents(seaweed, bucket) == files
+    logs = ''.join(path.read_text(errors='replace') for path in (tool.folder / 'log').glob('*.log'))
+    assert 'Authorization' in run.stderr + logs          # botocore's DEBUG output really is there ...
+    for secret in (seaweed.access_key, seaweed.secret_key):
+        assert secret not in run.stderr and secret not in run.stdout and secret not in logs   # ... redacted
