@@ -385,7 +385,7 @@ def describe_error(error: BaseException) -> str:
 
 def is_retryable(error: BaseException) -> bool:
     """Transient (network, throttling, 5xx, bad digest) as opposed to permanent (403, 404, ...)."""
-    if isinstance(error, (SourceChanged, SourceGone, ConfigError)):
+    if isinstance(error, (RestartFile, SourceGone, ConfigError)):
         return False
     code = error_code(error)
     if code:
@@ -554,8 +554,16 @@ class Retrier:
 # Sources #####################################################################
 ###############################################################################
 
-class SourceChanged(Exception):
-    """The source object changed while it was being copied: redo it from the start."""
+class RestartFile(Exception):
+    """This file must be copied again from the start (its source or its upload changed)."""
+
+
+class SourceChanged(RestartFile):
+    """The source object changed while it was being copied."""
+
+
+class UploadLost(RestartFile):
+    """The destination no longer has the multipart upload (aborted elsewhere, or dropped by the store)."""
 
 
 class SourceGone(Exception):
@@ -1226,9 +1234,9 @@ class FileTransfer:
                     self.progress.add(files_transferred=1, **{f'verified_{how}': 1})
                     logger.info('done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
                     return
-                except SourceChanged as change:
+                except RestartFile as change:
                     if attempt == self.MAX_REDO:
-                        raise SourceGone(f'source keeps changing: {change}') from None
+                        raise SourceGone(f'gave up after {self.MAX_REDO} restarts: {change}') from None
                     logger.warning('%s: %s; starting this file again', task.key, change)
                     self.task = task = dataclasses.replace(task, source=self.source.current(task.source))
                     self.progress.file_ended(task.key)
@@ -1304,8 +1312,14 @@ class MultipartCopy:
         if missing:
             logger.info('%s: sending %d of %d parts (%s each)%s', self.key, len(missing), count,
                         human_bytes(part_size), f', {len(kept)} already there' if kept else '')
-        for number, etag, digest in self.engine.run_parts(self._send_part, upload_id, part_size, missing):
-            etags[number], digests[number] = etag, digest
+        try:
+            for number, etag, digest in self.engine.run_parts(self._send_part, upload_id, part_size, missing):
+                etags[number], digests[number] = etag, digest
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) == 'NoSuchUpload':
+                self.engine.journal.forget(upload_id)
+                raise UploadLost('the destination dropped the multipart upload') from None
+            raise
         if self.source.changed(self.obj):
             self.destination.abort(self.key, upload_id)
             self.engine.journal.forget(upload_id)
@@ -1336,7 +1350,12 @@ class MultipartCopy:
 
     def _reusable(self, upload: Upload, planned: int) -> Optional[Tuple[str, int, Dict[int, Part]]]:
         """(upload id, part size, parts to keep) if the upload can belong to this source, else abort it."""
-        parts = self.retry(f'ListParts {self.key}', self.destination.parts, self.key, upload.upload_id)
+        try:
+            parts = self.retry(f'ListParts {self.key}', self.destination.parts, self.key, upload.upload_id)
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) == 'NoSuchUpload':
+                return None   # finished or aborted since it was listed
+            raise
         entry = self.engine.journal.get(self.bucket, self.key, upload.upload_id)
         trusted = entry is not None and entry['identity'] == self.obj.identity
         candidates = ([entry['part_size']] if entry else []) + \
@@ -1391,7 +1410,8 @@ class MultipartCopy:
             # A retried Complete after the server already applied it: the object proves it.
             head = self.destination.head(self.key)
             if head is None or head[0] != self.obj.size:
-                raise
+                self.engine.journal.forget(upload_id)
+                raise UploadLost('the destination dropped the multipart upload before completion') from None
             logger.info('%s: upload already completed by an earlier attempt', self.key)
             return head[1]
 
@@ -1411,9 +1431,13 @@ class MultipartCopy:
         return 'size'
 
     def _abort_leftovers(self) -> None:
-        """No unfinished upload stays behind for a key that is complete."""
-        for upload in self.retry(f'ListMultipartUploads {self.key}', self.destination.uploads_for, self.key):
-            self._discard(upload.upload_id, 'the object is complete')
+        """No unfinished upload stays behind for a key that is complete (in rounds: paging may be broken)."""
+        for _ in range(100):
+            uploads = self.retry(f'ListMultipartUploads {self.key}', self.destination.uploads_for, self.key)
+            if not uploads:
+                return
+            for upload in uploads:
+                self._discard(upload.upload_id, 'the object is complete')
 
 
 class Engine:
@@ -1576,7 +1600,7 @@ class ProgressDisplay:
         self.progress = progress
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-        self.interval = interval or (0.5 if self.tty else 10.0)
+        self.interval = interval or (0.5 if self.tty else 5.0)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name='progress', daemon=True)
         self.samples: List[Tuple[float, int]] = []

@@ -184,3 +184,33 @@ def test_prefix_names_a_folder_not_a_string_prefix(seaweed, tool, tmp_path):
     assert run.code == 0, run.stderr
     assert run.report['files_transferred'] == 1
     assert bucket_contents(seaweed, bucket)['data/x'] == b'12345'
+
+
+def test_broken_upload_paging_still_leaves_no_leftovers(seaweed, tool, tmp_path):
+    """SeaweedFS answers paged ListMultipartUploads with IsTruncated and no marker: no endless loop,
+    and every stale upload of the key is gone once the object is complete."""
+    data = random_bytes(11 * MiB, 13)
+    src = write_tree(tmp_path / 'src', {'m.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    for _ in range(3):
+        client.create_multipart_upload(Bucket=bucket, Key='m.bin')
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, ListPageSize=1), timeout=120)
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'m.bin': data}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_upload_dropped_mid_transfer_restarts_the_file(seaweed, tool, tmp_path):
+    data = random_bytes(40 * MiB, 14)
+    src = write_tree(tmp_path / 'src', {'gone.bin': data})
+    bucket = seaweed.bucket()
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=2, BandwidthLimit=10))
+    assert wait_for_parts(seaweed, bucket, 'gone.bin', 2)
+    client = seaweed.client()
+    for upload in client.list_multipart_uploads(Bucket=bucket).get('Uploads', []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload['Key'], UploadId=upload['UploadId'])
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert b'dropped the multipart upload' in err
+    assert bucket_contents(seaweed, bucket) == {'gone.bin': data}

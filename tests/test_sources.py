@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from conftest import bucket_contents, random_bytes, unfinished_uploads, wait_for_parts, write_tree
 from s3_upload import LocalSource
 
@@ -119,3 +121,18 @@ def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
     assert run.report['parts_resumed'] >= 3
     assert run.report['bytes_transferred'] + run.report['bytes_resumed'] == len(data)
     assert bucket_contents(seaweed, dst_bucket) == {'r.bin': data}
+
+
+@pytest.mark.parametrize('setting, value, message', [
+    ('SrcBucket', 'no-such-source-bucket', 'source bucket'),
+    ('SrcProfileName', 'wrong_keys', 'source credentials rejected'),
+    ('SrcFileIndex', 'missing.txt', 'source object not found'),
+])
+def test_s3_source_preflight_errors_exit_2(setting, value, message, moto, seaweed, tool):
+    src_bucket, dst_bucket = seaweed.bucket('src'), moto.bucket()
+    fill(seaweed, src_bucket, {'a.txt': b'a'})
+    settings = s3_to_s3(seaweed, src_bucket, moto, dst_bucket, **{setting: value})
+    run = tool.run(settings)
+    assert run.code == 2, run.stderr
+    assert message in run.stderr and 'Traceback' not in run.stderr
+    assert bucket_contents(moto, dst_bucket) == {}
