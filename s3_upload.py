@@ -46,10 +46,12 @@ import base64
 import configparser
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import json
 import logging
 import math
+import mimetypes
 import os
 import random
 import signal
@@ -183,7 +185,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option('S3_TO_S3', 'SrcEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else an S3-compatible URL'),
     Option('S3_TO_S3', 'SrcRegion', '', _text, 'source region (empty = the profile\'s region)'),
     Option('S3_TO_S3', 'SrcBucket', None, _text, 'source bucket'),
-    Option('S3_TO_S3', 'SrcPrefix', None, _prefix, 'source folder (default: S3Prefix)'),
+    Option('S3_TO_S3', 'SrcPrefix', None, _prefix, 'source folder of S3_TO_S3 / ALIOSS_TO_S3 (default: S3Prefix)'),
+    Option('ALIOSS_TO_S3', 'ali_SrcBucket', None, _text, 'Aliyun OSS source bucket'),
+    Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _text, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
+    Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _text, 'OSS AccessKey secret (better: env OSS_ACCESS_KEY_SECRET)'),
+    Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _text, 'OSS endpoint host, or a full http(s):// URL'),
     Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '6', _int_range(1, 256), 'parts in flight per file'),
@@ -197,6 +203,19 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'), 'upper bound on upload rate in MiB/s (0 = none)'),
     Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
     Option('Advanced', 'ListPageSize', '1000', _int_range(1, 1000), 'keys, uploads or parts asked for per list request'),
+    Option('Advanced', 'ServerSideCopy', 'auto', _choice('auto', 'never'), 'auto: S3_TO_S3 on one endpoint copies inside S3 (CopyObject / UploadPartCopy), falling back to streaming'),
+    Option('Advanced', 'CompareMode', 'size', _choice('size', 'identity', 'checksum'), 'when an object at the destination counts as done: same size | same source identity stamp | same content checksum'),
+    Option('Advanced', 'ChecksumAlgorithm', 'none', _choice('none', 'CRC32C', 'CRC64NVME', 'SHA256'), 'S3 additional checksum sent with every part and verified for the whole object'),
+    Option('Advanced', 'IgnoreListFile', '', _text, 'file of fnmatch patterns (one per line, # comments) on bucket/key (S3, OSS) or the full path (local) to leave out'),
+    Option('Advanced', 'AddressingStyle', 'auto', _choice('auto', 'path', 'virtual'), 'S3 URL style; auto = path-style for IP/localhost and custom endpoints, virtual-hosted for AWS and OSS'),
+    Option('Advanced', 'SignatureVersion', 's3v4', _choice('s3v4', 's3'), 'request signing: s3v4, or s3 (SigV2) for old S3-compatible stores'),
+    Option('Advanced', 'SSE', 'none', _choice('none', 'AES256', 'aws:kms'), 'server-side encryption of the new objects'),
+    Option('Advanced', 'SSEKMSKeyId', '', _text, 'KMS key id or ARN for SSE = aws:kms (empty = the bucket/account default key)'),
+    Option('Advanced', 'ACL', '', _optional(_choice('private', 'public-read', 'public-read-write', 'authenticated-read', 'aws-exec-read', 'bucket-owner-read', 'bucket-owner-full-control')), 'canned ACL of the new objects (empty = none)'),
+    Option('Advanced', 'RequestPayer', 'none', _choice('none', 'requester'), 'requester: accept the charges of requester-pays buckets'),
+    Option('Advanced', 'CopyMetadata', 'True', _bool, 'copy Content-Type, Content-Encoding, Cache-Control, ... and user metadata from S3/OSS sources'),
+    Option('Advanced', 'CopyTags', 'False', _bool, 'copy object tags from S3 sources'),
+    Option('Advanced', 'VerifyTLS', 'True', _bool, 'verify TLS certificates (False only for test endpoints; prints a warning)'),
 )
 OPTIONS_BY_KEY: Dict[str, Option] = {option.name.lower(): option for option in OPTIONS}
 SECTIONS = tuple(dict.fromkeys(option.section for option in OPTIONS))
@@ -239,6 +258,23 @@ class Config:
     BandwidthLimit: float
     RetryMode: str
     ListPageSize: int
+    ali_SrcBucket: str
+    ali_access_key_id: str
+    ali_access_key_secret: str
+    ali_endpoint: str
+    ServerSideCopy: str
+    CompareMode: str
+    ChecksumAlgorithm: str
+    IgnoreListFile: str
+    AddressingStyle: str
+    SignatureVersion: str
+    SSE: str
+    SSEKMSKeyId: str
+    ACL: Optional[str]
+    RequestPayer: str
+    CopyMetadata: bool
+    CopyTags: bool
+    VerifyTLS: bool
 
     def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = ()) -> None:
         self.path = path
@@ -266,6 +302,8 @@ class Config:
             needed.append('SrcDir')
         elif self.JobType == 'S3_TO_S3':
             needed.append('SrcBucket')
+        else:
+            needed.append('ali_SrcBucket')
         for name in needed:
             if not getattr(self, name):
                 option = OPTIONS_BY_KEY[name.lower()]
@@ -301,7 +339,7 @@ class Config:
             raise ConfigError(f'config file {path} cannot be parsed: {first_line}: fix that line') from None
         raw: Dict[str, str] = {}
         warnings = []
-        known_sections = {s.lower() for s in SECTIONS} | {'alioss_to_s3', 'cluster'}
+        known_sections = {s.lower() for s in SECTIONS} | {'cluster'}
         for section in parser.sections():
             if section.lower() not in known_sections:
                 warnings.append(f'{path}: unknown section [{section}] ignored'
@@ -352,6 +390,7 @@ FATAL_ERROR_CODES = frozenset((
     'EntityTooLarge', 'EntityTooSmall', 'KeyTooLongError', 'InvalidStorageClass', 'MethodNotAllowed',
     'NotImplemented', 'PreconditionFailed', 'InvalidObjectState', 'InvalidRange', 'MalformedXML',
     'UnauthorizedAccess', 'PermanentRedirect', 'AuthorizationHeaderMalformed', 'InvalidSecurity',
+    'InvalidDigest', 'MetadataTooLarge', 'KMS.NotFoundException', 'KMS.DisabledException',
     '400', '401', '403', '404', '405', '411', '412', '416', '501',
 ))
 RETRYABLE_ERROR_CODES = frozenset((
@@ -361,23 +400,37 @@ RETRYABLE_ERROR_CODES = frozenset((
     '500', '502', '503', '504', '429',
 ))
 CREDENTIAL_ERROR_CODES = frozenset(('InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
-                                    'InvalidToken', 'UnrecognizedClientException', 'AuthFailure'))
+                                    'InvalidToken', 'UnrecognizedClientException', 'AuthFailure',
+                                    'InvalidAccessKeyId.NotFound', 'TokenRefreshRequired'))
 
 
 def error_code(error: BaseException) -> str:
-    """The S3 error code of a botocore ClientError ('NoSuchKey', '404', ...), or ''."""
+    """The error code of an S3 (botocore) or OSS (oss2) error: 'NoSuchKey', '404', ...; else ''."""
     response = getattr(error, 'response', None)
-    if not isinstance(response, dict):
-        return ''
-    return str(response.get('Error', {}).get('Code') or
-               response.get('ResponseMetadata', {}).get('HTTPStatusCode') or '')
+    if isinstance(response, dict):
+        return str(response.get('Error', {}).get('Code') or
+                   response.get('ResponseMetadata', {}).get('HTTPStatusCode') or '')
+    code, status = getattr(error, 'code', None), getattr(error, 'status', None)
+    if isinstance(status, int) and status > 0:   # oss2 errors
+        return str(code or status)
+    return ''
+
+
+def error_status(error: BaseException) -> int:
+    response = getattr(error, 'response', None)
+    if isinstance(response, dict):
+        return int(response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0)
+    status = getattr(error, 'status', 0)
+    return status if isinstance(status, int) and status > 0 else 0
 
 
 def describe_error(error: BaseException) -> str:
     """One line naming an error, without secrets or tracebacks."""
     code = error_code(error)
     if code:
-        message = getattr(error, 'response', {}).get('Error', {}).get('Message') or ''
+        response = getattr(error, 'response', None)
+        message = (response.get('Error', {}).get('Message') if isinstance(response, dict)
+                   else getattr(error, 'message', '')) or ''
         return f'{code}: {message}'.rstrip(': ') if message and message != code else code
     text = str(error).strip().splitlines()[0] if str(error).strip() else ''
     return f'{type(error).__name__}: {text}' if text else type(error).__name__
@@ -385,7 +438,7 @@ def describe_error(error: BaseException) -> str:
 
 def is_retryable(error: BaseException) -> bool:
     """Transient (network, throttling, 5xx, bad digest) as opposed to permanent (403, 404, ...)."""
-    if isinstance(error, (RestartFile, SourceGone, ConfigError)):
+    if isinstance(error, (RestartFile, SourceGone, ConfigError, Stopped, VerifyError)):
         return False
     code = error_code(error)
     if code:
@@ -393,17 +446,26 @@ def is_retryable(error: BaseException) -> bool:
             return True
         if code in FATAL_ERROR_CODES:
             return False
-        status = getattr(error, 'response', {}).get('ResponseMetadata', {}).get('HTTPStatusCode', 0)
+        status = error_status(error)
         return status >= 500 or status == 429 or not status
     return True  # connection resets, timeouts, truncated bodies
 
 
-def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int,
-                retry_mode: str = 'standard', role: str = 'destination') -> Any:
+def _path_style_host(endpoint: str) -> bool:
+    """Custom endpoints use path-style URLs, except stores that only take virtual-hosted ones (OSS)."""
+    from urllib.parse import urlsplit
+    host = (urlsplit(endpoint).hostname or '').lower()
+    return not host.endswith(('.aliyuncs.com', '.myqcloud.com'))
+
+
+def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int, role: str = 'destination',
+                retry_mode: str = 'standard', addressing: str = 'auto', signature: str = 's3v4',
+                verify_tls: bool = True) -> Any:
     """A thread-safe S3 client for one profile + endpoint, sized for the transfer's concurrency."""
     import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.handlers
     profile_name = profile.strip() or None
     try:
         if profile_name == 'default' and 'default' not in boto3.session.Session().available_profiles:
@@ -424,6 +486,8 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
         raise ConfigError(f'no AWS credentials found for the {role} (profile {profile!r}): run "aws configure"'
                           ' or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY')
     SecretFilter.remember(credentials)
+    if addressing == 'auto':
+        addressing = 'path' if endpoint and _path_style_host(endpoint) else ('virtual' if endpoint else 'auto')
     options: Dict[str, Any] = dict(
         max_pool_connections=pool_size,
         retries={'mode': retry_mode, 'max_attempts': 3},
@@ -431,31 +495,41 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
         read_timeout=120,
         tcp_keepalive=True,
         user_agent_extra=f's3_upload/{__version__}',
+        s3={'addressing_style': addressing},
+        signature_version=signature,
     )
     if endpoint:
-        # S3-compatible stores: path-style URLs, and no flexible-checksum headers they may reject.
-        options.update(s3={'addressing_style': 'path'},
-                       request_checksum_calculation='when_required',
+        # S3-compatible stores may reject the flexible-checksum headers botocore >= 1.36 adds by default.
+        options.update(request_checksum_calculation='when_required',
                        response_checksum_validation='when_required')
-    region_name = region or session.region_name or ('us-east-1' if endpoint else None)
+    region_name = region or session.region_name or 'us-east-1'
+    if not verify_tls:
+        logger.warning('TLS certificate verification is OFF for the %s endpoint (VerifyTLS = False)', role)
     try:
-        client = session.client('s3', endpoint_url=endpoint, region_name=region_name,
+        client = session.client('s3', endpoint_url=endpoint, region_name=region_name, verify=verify_tls,
                                 config=botocore.config.Config(**options))
     except (botocore.exceptions.BotoCoreError, ValueError) as error:
         raise ConfigError(f'cannot create the {role} S3 client: {describe_error(error)}') from None
     # No "Expect: 100-continue": it costs a round trip per part on long links, and servers that
     # answer it late make the response unparseable (seen with SeaweedFS).
-    import botocore.handlers
     client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
     return client
 
 
-def check_bucket(client: Any, bucket: str, prefix: str, role: str) -> None:
+def client_for(config: Config, side: str, pool_size: int) -> Any:
+    """The S3 client of the source ('Src') or destination ('Des') side of a job."""
+    return make_client(getattr(config, f'{side}ProfileName'), getattr(config, f'{side}EndPointURL'),
+                       getattr(config, f'{side}Region'), pool_size,
+                       'source' if side == 'Src' else 'destination', config.RetryMode,
+                       config.AddressingStyle, config.SignatureVersion, config.VerifyTLS)
+
+
+def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None) -> None:
     """Prove endpoint, credentials and bucket work by listing one key; raise ConfigError if not."""
     import botocore.exceptions
     endpoint = client.meta.endpoint_url
     try:
-        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1, **(extra or {}))
     except botocore.exceptions.SSLError as error:
         raise ConfigError(f'TLS error talking to the {role} endpoint {endpoint}: {describe_error(error)}: '
                           'check the URL and certificates') from None
@@ -477,51 +551,6 @@ def check_bucket(client: Any, bucket: str, prefix: str, role: str) -> None:
         raise ConfigError(f'cannot list {role} bucket {bucket!r} at {endpoint}: {describe_error(error)}') from None
     except botocore.exceptions.BotoCoreError as error:
         raise ConfigError(f'cannot use the {role} endpoint {endpoint}: {describe_error(error)}') from None
-
-
-def list_objects(client: Any, bucket: str, prefix: str, page_size: int,
-                 retry: Optional['Retrier'] = None) -> Iterator[Dict[str, Any]]:
-    """Every object below prefix, page by page (each page retried on transient errors), in key order."""
-    call = retry.call if retry else (lambda _what, function, **kwargs: function(**kwargs))
-    token, seen = '', set()
-    while True:
-        args: Dict[str, Any] = {'Bucket': bucket, 'Prefix': prefix, 'MaxKeys': page_size}
-        if token:
-            args['ContinuationToken'] = token
-        page = call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args)
-        yield from page.get('Contents', ())
-        token = page.get('NextContinuationToken') or ''
-        if not page.get('IsTruncated') or not token or token in seen:
-            return
-        seen.add(token)
-
-
-def md5_of(data: bytes) -> bytes:
-    return hashlib.md5(data).digest()
-
-
-def content_md5(digest: bytes) -> str:
-    return base64.b64encode(digest).decode('ascii')
-
-
-def clean_etag(etag: str) -> str:
-    return (etag or '').strip().strip('"').lower()
-
-
-def multipart_etag(part_digests: List[bytes]) -> str:
-    """The ETag S3 gives a multipart object: md5 of the concatenated part MD5s, '-', part count."""
-    return f'{hashlib.md5(b"".join(part_digests)).hexdigest()}-{len(part_digests)}'
-
-
-def md5_hex_etag(etag: str) -> Optional[bytes]:
-    """The MD5 digest an ETag stands for, or None if the ETag is not a plain MD5."""
-    etag = clean_etag(etag)
-    if len(etag) == 32:
-        try:
-            return bytes.fromhex(etag)
-        except ValueError:
-            return None
-    return None
 
 
 class Retrier:
@@ -549,10 +578,132 @@ class Retrier:
                     raise Stopped() from None
 
 
+def list_objects(client: Any, bucket: str, prefix: str, page_size: int, retry: Optional[Retrier] = None,
+                 extra: Optional[Dict[str, str]] = None) -> Iterator[Dict[str, Any]]:
+    """Every object below prefix, page by page (each page retried on transient errors), in key order."""
+    call = retry.call if retry else (lambda _what, function, **kwargs: function(**kwargs))
+    token, seen = '', set()
+    while True:
+        args: Dict[str, Any] = {'Bucket': bucket, 'Prefix': prefix, 'MaxKeys': page_size, **(extra or {})}
+        if token:
+            args['ContinuationToken'] = token
+        page = call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args)
+        yield from page.get('Contents', ())
+        token = page.get('NextContinuationToken') or ''
+        if not page.get('IsTruncated') or not token or token in seen:
+            return
+        seen.add(token)
+
+
+###############################################################################
+# Checksums ###################################################################
+###############################################################################
+
+def md5_of(data: bytes) -> bytes:
+    return hashlib.md5(data).digest()
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode('ascii')
+
+
+def clean_etag(etag: str) -> str:
+    return (etag or '').strip().strip('"').lower()
+
+
+def multipart_etag(part_digests: List[bytes]) -> str:
+    """The ETag S3 gives a multipart object: md5 of the concatenated part MD5s, '-', part count."""
+    return f'{hashlib.md5(b"".join(part_digests)).hexdigest()}-{len(part_digests)}'
+
+
+def md5_hex_etag(etag: str) -> Optional[bytes]:
+    """The MD5 digest an ETag stands for, or None if the ETag is not a plain MD5."""
+    etag = clean_etag(etag)
+    if len(etag) == 32:
+        try:
+            return bytes.fromhex(etag)
+        except ValueError:
+            return None
+    return None
+
+
+def _awscrt_checksums(why: str) -> Any:
+    try:
+        import awscrt.checksums
+    except ImportError:
+        raise ConfigError(f'{why} needs the awscrt package (AWS\'s C runtime): pip install awscrt') from None
+    return awscrt.checksums
+
+
+class Checksum:
+    """An S3 additional checksum (CRC32C, CRC64NVME or SHA256): per part, and for the whole object."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self.parameter = 'Checksum' + algorithm
+        self.full_object = algorithm == 'CRC64NVME'   # S3 keeps CRC64NVME as a whole-object CRC
+        if algorithm == 'SHA256':
+            self.of: Callable[[bytes], bytes] = lambda data: hashlib.sha256(data).digest()
+            return
+        crt = _awscrt_checksums(f'ChecksumAlgorithm = {algorithm}')
+        width = 8 if algorithm == 'CRC64NVME' else 4
+        compute, self._combine = getattr(crt, algorithm.lower()), getattr(crt, 'combine_' + algorithm.lower())
+        self.of = lambda data: compute(data).to_bytes(width, 'big')
+        self.width = width
+
+    def object_value(self, parts: List[Tuple[bytes, int]]) -> str:
+        """What S3 reports for an object made of these (part checksum, part size) parts."""
+        if self.full_object:
+            value = int.from_bytes(parts[0][0], 'big')
+            for checksum, size in parts[1:]:
+                value = self._combine(value, int.from_bytes(checksum, 'big'), size)
+            return b64(value.to_bytes(self.width, 'big'))
+        return f'{b64(self.of(b"".join(checksum for checksum, _ in parts)))}-{len(parts)}'
+
+    @staticmethod
+    def same(expected: str, reported: str) -> bool:
+        """Compare with what a store reports (some leave out the '-N' of composite checksums)."""
+        return bool(reported) and (reported == expected or reported == expected.split('-')[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeChecksum:
+    """A checksum the source keeps of the whole object, and how to compute it over the bytes we read."""
+    name: str                                  # 'crc64ecma' (OSS), 'crc64nvme' (S3)
+    expected: int
+    compute: Callable[[bytes], int]
+    combine: Callable[[int, int, int], int]    # (crc of A, crc of B, len(B)) -> crc of A+B
+
+    def over(self, parts: List[Tuple[int, int]]) -> int:
+        """The checksum of the object made of these (part crc, part size) in order."""
+        value = parts[0][0]
+        for crc, size in parts[1:]:
+            value = self.combine(value, crc, size)
+        return value
+
+
+def crc64nvme_check(value_b64: str) -> Optional[WholeChecksum]:
+    """End-to-end check against an S3 object's full-object CRC64NVME (when awscrt is installed)."""
+    try:
+        crt = _awscrt_checksums('CRC64NVME')
+    except ConfigError:
+        return None
+    return WholeChecksum('crc64nvme', int.from_bytes(base64.b64decode(value_b64), 'big'), crt.crc64nvme,
+                         crt.combine_crc64nvme)
+
 
 ###############################################################################
 # Sources #####################################################################
 ###############################################################################
+# A source is one small class:
+#   describe() / check()            what it is; ConfigError if it cannot be used
+#   objects()                       SourceObjects in S3 key order (streamed)
+#   read(obj, offset, length)       bytes of a range, pinned to the listed version of obj
+#   fetch(obj) -> (bytes, Info)     a whole small object with its metadata, in one request
+#   info(obj) -> Info               metadata (Content-Type, user metadata, tags, whole-object checksum)
+#   current(obj) / changed(obj)     the object as it is now / whether it differs from obj
+#   stamp(obj)                      what identifies this version (stored as x-amz-meta-s3u-* at the destination)
+#   match_name(obj)                 the name ignore-list patterns are matched against
 
 class RestartFile(Exception):
     """This file must be copied again from the start (its source or its upload changed)."""
@@ -575,9 +726,27 @@ class SourceObject:
     """One file or object to copy, as the source described it when listed."""
     key: str            # relative to the source folder/prefix, '/'-separated
     size: int
-    identity: str       # differs whenever the content may differ (path + size + mtime, key + ETag)
+    version: str        # differs whenever the content may differ: mtime_ns of a file, ETag of an object
     location: str       # absolute path or full source key
     problem: str = ''   # why it cannot be copied; then only key and location are meaningful
+
+    @property
+    def identity(self) -> str:
+        return f'{self.location}|{self.size}|{self.version}'
+
+
+@dataclasses.dataclass
+class Info:
+    """What travels with the bytes: metadata and tags for the destination, and a whole-object checksum."""
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)   # ContentType, ..., Metadata
+    tags: str = ''                                                    # URL-encoded, as PutObject's Tagging
+    whole: Optional[WholeChecksum] = None
+    stamp: Dict[str, str] = dataclasses.field(default_factory=dict)   # extra x-amz-meta-s3u-* entries
+
+
+META_HEADERS = ('ContentType', 'ContentEncoding', 'ContentDisposition', 'ContentLanguage', 'CacheControl',
+                'Expires')
+STAMP_PREFIX = 's3u-'
 
 
 def _key_problem(key: str) -> str:
@@ -680,7 +849,7 @@ class LocalSource:
             return SourceObject(printable(key), info.st_size, '', printable(path), problem)
         if not os.access(path, os.R_OK):
             problem = 'cannot read file: permission denied'
-        return SourceObject(key, info.st_size, f'{path}|{info.st_size}|{info.st_mtime_ns}', path, problem)
+        return SourceObject(key, info.st_size, str(info.st_mtime_ns), path, problem)
 
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
         try:
@@ -695,6 +864,13 @@ class LocalSource:
             raise SourceChanged(f'file shrank while being read ({offset + len(data)} bytes at most)')
         return data
 
+    def info(self, obj: SourceObject) -> Info:
+        content_type = mimetypes.guess_type(obj.location, strict=False)[0]
+        return Info({'ContentType': content_type} if content_type else {})
+
+    def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
+        return self.read(obj, 0, obj.size), self.info(obj)
+
     def current(self, obj: SourceObject) -> SourceObject:
         """The object as it is now (re-stat); raises SourceGone if it vanished."""
         described = self._describe_file(obj.location, obj.key)
@@ -706,27 +882,39 @@ class LocalSource:
         """Whether the file differs (size or mtime) from when it was listed."""
         return self.current(obj).identity != obj.identity
 
+    @staticmethod
+    def stamp(obj: SourceObject) -> Dict[str, str]:
+        return {'s3u-src-size': str(obj.size), 's3u-src-mtime': obj.version}
+
+    @staticmethod
+    def match_name(obj: SourceObject) -> str:
+        return obj.location.replace(os.sep, '/')
+
 
 class S3Source:
     """Objects below a prefix of a bucket (any S3 endpoint), read by ranged GETs pinned to their ETag."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, single: str = '*', page_size: int = 1000,
-                 retry: Optional[Retrier] = None) -> None:
+                 retry: Optional[Retrier] = None, requester_pays: bool = False, tags: bool = False,
+                 copy_metadata: bool = True) -> None:
         self.client = client
+        self.copy_metadata = copy_metadata
         self.bucket = bucket
         self.prefix = prefix + '/' if prefix else ''
         self.single = '' if single.strip() in ('', '*') else single.strip().lstrip('/')
         self.page_size = page_size
         self.retry = retry
+        self.extra = {'RequestPayer': 'requester'} if requester_pays else {}
+        self.tags = tags
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}{self.single}'
 
     def check(self) -> None:
-        check_bucket(self.client, self.bucket, self.prefix, 'source')
+        check_bucket(self.client, self.bucket, self.prefix, 'source', self.extra)
         if self.single:
             try:
-                self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single)
+                self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single, **self.extra)
             except Exception as error:  # noqa: BLE001 - translated to one line for the user
                 if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
                     raise ConfigError(f'source object not found: {self.describe()}: fix SrcFileIndex '
@@ -735,46 +923,85 @@ class S3Source:
 
     def objects(self) -> Iterator[SourceObject]:
         if self.single:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single)
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + self.single, **self.extra)
             yield self._describe(self.prefix + self.single, head['ContentLength'], head.get('ETag', ''))
             return
-        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry):
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, self.extra):
             yield self._describe(item['Key'], item['Size'], item.get('ETag', ''))
 
     def _describe(self, full_key: str, size: int, etag: str) -> SourceObject:
         key = full_key[len(self.prefix):]
-        identity = f's3://{self.bucket}/{full_key}|{size}|{etag}'
-        return SourceObject(key, size, identity, full_key, _key_problem(key))
+        return SourceObject(key, size, etag, full_key, _key_problem(key))
+
+    def _get(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
+        """GetObject pinned to the listed ETag (If-Match, and the answer's ETag checked too)."""
+        pin = {'IfMatch': obj.version} if obj.version else {}
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **pin, **self.extra, **args)
+        except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
+            raise self._translate(error) from None
+        if obj.version and response.get('ETag') and response['ETag'] != obj.version:
+            raise SourceChanged('source object was overwritten during the copy')   # If-Match ignored
+        return response
+
+    @staticmethod
+    def _translate(error: BaseException) -> BaseException:
+        code = error_code(error)
+        if code in ('PreconditionFailed', '412'):
+            return SourceChanged('source object was overwritten during the copy')
+        if code in ('NoSuchKey', '404', 'NotFound'):
+            return SourceGone('source object was deleted')
+        if code in ('AccessDenied', '403'):
+            return SourceGone('access denied reading the source object')
+        if code == 'InvalidObjectState':
+            return SourceGone('source object is archived (Glacier): restore it first')
+        return error
 
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
         if length == 0:
             return b''
-        etag = obj.identity.rsplit('|', 1)[1]
-        extra = {'IfMatch': etag} if etag else {}
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=obj.location,
-                                              Range=f'bytes={offset}-{offset + length - 1}', **extra)
-            if etag and response.get('ETag') and response['ETag'] != etag:
-                raise SourceChanged('source object was overwritten during the copy')  # If-Match ignored
-            data = response['Body'].read()
-        except SourceChanged:
-            raise
-        except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
-            code = error_code(error)
-            if code in ('PreconditionFailed', '412'):
-                raise SourceChanged('source object was overwritten during the copy') from None
-            if code in ('NoSuchKey', '404', 'NotFound'):
-                raise SourceGone('source object was deleted') from None
-            if code in ('AccessDenied', '403'):
-                raise SourceGone('access denied reading the source object') from None
-            raise
+        response = self._get(obj, Range=f'bytes={offset}-{offset + length - 1}')
+        data = response['Body'].read()
         if len(data) != length:
             raise IOError(f'short read from source: {len(data)} of {length} bytes')
         return data
 
+    def _info(self, response: Dict[str, Any], key: str) -> Info:
+        meta = {name: response[name] for name in META_HEADERS if response.get(name)}
+        user = {k: v for k, v in response.get('Metadata', {}).items() if not k.lower().startswith(STAMP_PREFIX)}
+        if user:
+            meta['Metadata'] = user
+        info = Info(meta if self.copy_metadata else {})
+        if response.get('VersionId') and response['VersionId'] != 'null':
+            info.stamp['s3u-src-version-id'] = response['VersionId']
+        if response.get('ChecksumCRC64NVME') and response.get('ChecksumType', 'FULL_OBJECT') == 'FULL_OBJECT':
+            info.whole = crc64nvme_check(response['ChecksumCRC64NVME'])
+            info.stamp['s3u-src-crc64nvme'] = response['ChecksumCRC64NVME']
+        if self.tags:
+            from urllib.parse import urlencode
+            tag_set = self.client.get_object_tagging(Bucket=self.bucket, Key=key, **self.extra).get('TagSet', [])
+            info.tags = urlencode([(tag['Key'], tag['Value']) for tag in tag_set])
+        return info
+
+    def info(self, obj: SourceObject) -> Info:
+        pin = {'IfMatch': obj.version} if obj.version else {}
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=obj.location, ChecksumMode='ENABLED',
+                                           **pin, **self.extra)
+        except Exception as error:  # noqa: BLE001
+            raise self._translate(error) from None
+        return self._info(head, obj.location)
+
+    def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
+        response = self._get(obj, ChecksumMode='ENABLED')
+        data = response['Body'].read()
+        if len(data) != obj.size:
+            raise IOError(f'short read from source: {len(data)} of {obj.size} bytes')
+        return data, self._info(response, obj.location)
+
     def current(self, obj: SourceObject) -> SourceObject:
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=obj.location)
+            head = self.client.head_object(Bucket=self.bucket, Key=obj.location, **self.extra)
         except Exception as error:  # noqa: BLE001
             if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
                 raise SourceGone('source object was deleted') from None
@@ -784,6 +1011,187 @@ class S3Source:
     def changed(self, obj: SourceObject) -> bool:
         """Never observable after a successful copy: every read was pinned to the listed ETag."""
         return False
+
+    @staticmethod
+    def stamp(obj: SourceObject) -> Dict[str, str]:
+        return {'s3u-src-size': str(obj.size), 's3u-src-etag': clean_etag(obj.version)}
+
+    def match_name(self, obj: SourceObject) -> str:
+        return f'{self.bucket}/{obj.location}'
+
+    def copy_source(self, obj: SourceObject) -> Dict[str, str]:
+        """Where CopyObject / UploadPartCopy read this object from (server-side copy)."""
+        return {'Bucket': self.bucket, 'Key': obj.location}
+
+
+class OssSource:
+    """Objects below a prefix of an Aliyun OSS bucket (oss2 SDK), verified end to end by OSS's CRC-64."""
+
+    def __init__(self, bucket: Any, prefix: str, single: str = '*', page_size: int = 1000,
+                 retry: Optional[Retrier] = None, copy_metadata: bool = True) -> None:
+        import oss2
+        self.oss2 = oss2
+        self.copy_metadata = copy_metadata
+        self.bucket = bucket
+        self.prefix = prefix + '/' if prefix else ''
+        self.single = '' if single.strip() in ('', '*') else single.strip().lstrip('/')
+        self.page_size = page_size
+        self.call = retry.call if retry else (lambda _what, function, *a, **k: function(*a, **k))
+        poly, xor_out = oss2.utils.Crc64._POLY, oss2.utils.Crc64._XOROUT
+        template = oss2.utils.crcmod.Crc(poly, initCrc=0, rev=True, xorOut=xor_out)
+        combine = oss2.crc64_combine.mkCombineFun(poly, 0, True, xor_out)
+        self.crc64 = WholeChecksum('crc64ecma', 0, lambda data: template.new(data).crcValue, combine)
+
+    @classmethod
+    def from_config(cls, config: Config, retry: Retrier) -> 'OssSource':
+        """The OSS bucket of a job; credentials from OSS_ACCESS_KEY_ID/SECRET or the ini (with a warning)."""
+        try:
+            import oss2
+        except ImportError:
+            raise ConfigError('ALIOSS_TO_S3 needs the oss2 package: pip install oss2') from None
+        key_id = os.environ.get('OSS_ACCESS_KEY_ID') or config.ali_access_key_id
+        secret = os.environ.get('OSS_ACCESS_KEY_SECRET') or config.ali_access_key_secret
+        if not key_id or not secret:
+            raise ConfigError('no OSS credentials: set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or '
+                              'ali_access_key_id / ali_access_key_secret in [ALIOSS_TO_S3])')
+        SecretFilter.add(key_id, secret)
+        if config.ali_access_key_secret and config.path and os.path.exists(config.path):
+            if os.stat(config.path).st_mode & 0o077:
+                logger.warning('%s holds the OSS secret and other users can read it: chmod 600 it, or use the '
+                               'OSS_ACCESS_KEY_SECRET environment variable', config.path)
+        endpoint = config.ali_endpoint if '://' in config.ali_endpoint else 'https://' + config.ali_endpoint
+        bucket = oss2.Bucket(oss2.Auth(key_id, secret), endpoint, config.ali_SrcBucket,
+                             connect_timeout=30, enable_crc=False)
+        return cls(bucket, config.SrcPrefix, config.SrcFileIndex, config.ListPageSize, retry, config.CopyMetadata)
+
+    def describe(self) -> str:
+        return f'oss://{self.bucket.bucket_name}/{self.prefix}{self.single}'
+
+    def check(self) -> None:
+        try:
+            self.bucket.list_objects(prefix=self.prefix, max_keys=1)
+            if self.single:
+                self.bucket.head_object(self.prefix + self.single)
+        except self.oss2.exceptions.RequestError as error:
+            raise ConfigError(f'cannot reach the OSS endpoint {self.bucket.endpoint}: {error}: check '
+                              'ali_endpoint and the network') from None
+        except self.oss2.exceptions.OssError as error:
+            code, status = getattr(error, 'code', ''), getattr(error, 'status', 0)
+            if code in ('InvalidAccessKeyId', 'SignatureDoesNotMatch') or status == 403 and not code:
+                raise ConfigError(f'OSS credentials rejected ({code or status}): check the OSS AccessKey') from None
+            if code == 'NoSuchBucket':
+                raise ConfigError(f'OSS bucket {self.bucket.bucket_name!r} does not exist: fix ali_SrcBucket') from None
+            if code == 'NoSuchKey' or status == 404:
+                raise ConfigError(f'source object not found: {self.describe()}: fix SrcFileIndex') from None
+            raise ConfigError(f'cannot list OSS bucket {self.bucket.bucket_name!r}: {code or status} '
+                              f'{getattr(error, "message", "")}') from None
+
+    def objects(self) -> Iterator[SourceObject]:
+        if self.single:
+            head = self.bucket.head_object(self.prefix + self.single)
+            yield self._describe(self.prefix + self.single, head.content_length, head.etag)
+            return
+        marker, seen = '', set()
+        while True:
+            page = self.call(f'OSS ListObjects {self.prefix}', self.bucket.list_objects, prefix=self.prefix,
+                             marker=marker, max_keys=self.page_size)
+            for item in page.object_list:
+                yield self._describe(item.key, item.size, item.etag)
+            marker = page.next_marker or ''
+            if not page.is_truncated or not marker or marker in seen:
+                return
+            seen.add(marker)
+
+    def _describe(self, full_key: str, size: int, etag: str) -> SourceObject:
+        key = full_key[len(self.prefix):]
+        return SourceObject(key, size, (etag or '').strip('"'), full_key, _key_problem(key))
+
+    def _get(self, obj: SourceObject, byte_range: Optional[Tuple[int, int]] = None) -> Any:
+        headers = {'If-Match': f'"{obj.version}"'} if obj.version else {}
+        try:
+            result = self.bucket.get_object(obj.location, byte_range=byte_range, headers=headers)
+        except self.oss2.exceptions.OssError as error:
+            status = getattr(error, 'status', 0)
+            if status == 412:
+                raise SourceChanged('source object was overwritten during the copy') from None
+            if status == 404:
+                raise SourceGone('source object was deleted') from None
+            if status == 403:
+                raise SourceGone('access denied reading the source object') from None
+            raise
+        if obj.version and result.etag and result.etag.strip('"') != obj.version:
+            raise SourceChanged('source object was overwritten during the copy')
+        return result
+
+    def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b''
+        # OSS returns the WHOLE object when the range end passes its size: never ask for that.
+        end = min(offset + length, obj.size) - 1
+        data = self._get(obj, (offset, end)).read()
+        if len(data) != length:
+            raise IOError(f'short read from OSS: {len(data)} of {length} bytes')
+        return data
+
+    def _info(self, headers: Any) -> Info:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        names = {'content-type': 'ContentType', 'content-encoding': 'ContentEncoding',
+                 'content-disposition': 'ContentDisposition', 'content-language': 'ContentLanguage',
+                 'cache-control': 'CacheControl', 'expires': 'Expires'}
+        meta: Dict[str, Any] = {names[h]: v for h, v in lowered.items() if h in names and v}
+        if 'Expires' in meta:
+            from email.utils import parsedate_to_datetime
+            try:
+                meta['Expires'] = parsedate_to_datetime(meta['Expires'])
+            except (TypeError, ValueError):
+                del meta['Expires']
+        user = {k[len('x-oss-meta-'):]: v for k, v in lowered.items() if k.startswith('x-oss-meta-')}
+        if user:
+            meta['Metadata'] = user
+        info = Info(meta if self.copy_metadata else {})
+        crc = lowered.get('x-oss-hash-crc64ecma')
+        if crc:
+            info.whole = dataclasses.replace(self.crc64, expected=int(crc))
+            info.stamp['s3u-src-crc64ecma'] = crc
+        return info
+
+    def info(self, obj: SourceObject) -> Info:
+        try:
+            head = self.bucket.head_object(obj.location)
+        except self.oss2.exceptions.OssError as error:
+            if getattr(error, 'status', 0) == 404:
+                raise SourceGone('source object was deleted') from None
+            raise
+        if obj.version and head.etag.strip('"') != obj.version:
+            raise SourceChanged('source object was overwritten during the copy')
+        return self._info(head.headers)
+
+    def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
+        result = self._get(obj)
+        data = result.read()
+        if len(data) != obj.size:
+            raise IOError(f'short read from OSS: {len(data)} of {obj.size} bytes')
+        return data, self._info(result.headers)
+
+    def current(self, obj: SourceObject) -> SourceObject:
+        try:
+            head = self.bucket.head_object(obj.location)
+        except self.oss2.exceptions.OssError as error:
+            if getattr(error, 'status', 0) == 404:
+                raise SourceGone('source object was deleted') from None
+            raise
+        return self._describe(obj.location, head.content_length, head.etag)
+
+    def changed(self, obj: SourceObject) -> bool:
+        """Never observable after a successful copy: every read was pinned to the listed ETag."""
+        return False
+
+    @staticmethod
+    def stamp(obj: SourceObject) -> Dict[str, str]:
+        return {'s3u-src-size': str(obj.size), 's3u-src-etag': clean_etag(obj.version)}
+
+    def match_name(self, obj: SourceObject) -> str:
+        return f'{self.bucket.bucket_name}/{obj.location}'
 
 
 ###############################################################################
@@ -815,19 +1223,74 @@ class Part:
     number: int
     size: int
     etag: str
+    checksum: str = ''      # base64 additional checksum, when the store reports one
+
+
+@dataclasses.dataclass
+class PartDone:
+    """A part that is at the destination: what the upload's Complete and the verification need."""
+    number: int
+    size: int
+    etag: str
+    md5: Optional[bytes] = None        # known when the ETag is MD5-based or we hashed the data
+    checksum: Optional[bytes] = None   # the additional checksum (ChecksumAlgorithm), raw
+    crc: Optional[int] = None          # the source's whole-object CRC algorithm over this part
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What HeadObject says of a destination object."""
+    size: int
+    etag: str
+    metadata: Dict[str, str]           # user metadata, keys lower-cased (some stores capitalise them)
+    checksums: Dict[str, str]          # 'CRC32C' -> base64 value (ChecksumMode=ENABLED)
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteOptions:
+    """How new objects are written: storage class, encryption, ACL, additional checksum."""
+    storage_class: str = 'STANDARD'
+    sse: str = 'none'
+    kms_key_id: str = ''
+    acl: Optional[str] = None
+    requester_pays: bool = False
+    checksum: Optional[Checksum] = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> 'WriteOptions':
+        checksum = Checksum(config.ChecksumAlgorithm) if config.ChecksumAlgorithm != 'none' else None
+        return cls(config.StorageClass, config.SSE, config.SSEKMSKeyId, config.ACL,
+                   config.RequestPayer == 'requester', checksum)
+
+    def args(self) -> Dict[str, Any]:
+        """Arguments every new object gets (PutObject, CreateMultipartUpload, CopyObject)."""
+        args: Dict[str, Any] = {}
+        if self.storage_class != 'STANDARD':
+            args['StorageClass'] = self.storage_class
+        if self.sse != 'none':
+            args['ServerSideEncryption'] = self.sse
+            if self.sse == 'aws:kms' and self.kms_key_id:
+                args['SSEKMSKeyId'] = self.kms_key_id
+        if self.acl:
+            args['ACL'] = self.acl
+        if self.requester_pays:
+            args['RequestPayer'] = 'requester'
+        return args
 
 
 class Destination:
     """The bucket/prefix that receives the copies, with the S3 calls the engine needs."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, storage_class: str = 'STANDARD',
+    def __init__(self, client: Any, bucket: str, prefix: str, options: WriteOptions = WriteOptions(),
                  page_size: int = 1000, retry: Optional[Retrier] = None) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix + '/' if prefix else ''
-        self.storage_class = storage_class
+        self.options = options
+        self.checksum = options.checksum
         self.page_size = page_size
         self.retry = retry
+        self.payer = {'RequestPayer': 'requester'} if options.requester_pays else {}
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -839,42 +1302,49 @@ class Destination:
     def key_for(self, relative_key: str) -> str:
         return self.prefix + relative_key
 
-    def check(self) -> None:
-        """Listing and writing both work; the write check leaves nothing behind."""
+    def check(self, write: bool = True) -> None:
+        """Listing (and, unless write=False, writing) works; the write check leaves nothing behind."""
         import botocore.exceptions
-        check_bucket(self.client, self.bucket, self.prefix, 'destination')
+        check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer)
+        if not write:
+            return
         probe = self.prefix + '.s3_upload-write-check'
         try:
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=probe,
-                                                            **self._object_args())['UploadId']
+            upload_id = self.create_upload(probe, {})
         except botocore.exceptions.ClientError as error:
             code = error_code(error)
             if code in ('AccessDenied', '403'):
                 raise ConfigError(f'no permission to write to destination bucket {self.bucket!r}: the '
                                   'credentials need s3:PutObject there') from None
             if code == 'InvalidStorageClass':
-                raise ConfigError(f'the destination does not accept StorageClass {self.storage_class}: '
+                raise ConfigError(f'the destination does not accept StorageClass {self.options.storage_class}: '
                                   'choose another one') from None
-            raise ConfigError(f'cannot start an upload in destination bucket {self.bucket!r}: '
-                              f'{describe_error(error)}') from None
+            raise ConfigError(f'cannot start an upload in destination bucket {self.bucket!r} with these '
+                              f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}') from None
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=probe, UploadId=upload_id)
+            self.abort(probe, upload_id)
         except botocore.exceptions.ClientError as error:
             logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
 
-    def _object_args(self) -> Dict[str, Any]:
-        return {'StorageClass': self.storage_class} if self.storage_class != 'STANDARD' else {}
+    def object_args(self, info: Info, stamp: Dict[str, str]) -> Dict[str, Any]:
+        """Arguments of a new object: the source's metadata and tags, our stamps, the write options."""
+        args = {name: value for name, value in info.meta.items() if name != 'Metadata'}
+        args['Metadata'] = {**info.meta.get('Metadata', {}), **stamp, **info.stamp}
+        if info.tags:
+            args['Tagging'] = info.tags
+        args.update(self.options.args())
+        return args
 
     def objects(self) -> Iterator[Tuple[str, int, str]]:
         """(relative key, size, etag) of every object below the prefix, in key order."""
-        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry):
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, self.payer):
             yield item['Key'][len(self.prefix):], item['Size'], item.get('ETag', '')
 
     def uploads(self, prefix: str) -> Iterator[Upload]:
         """Unfinished multipart uploads whose key starts with prefix, page by page."""
         key_marker, upload_marker, seen = '', '', set()
         while True:
-            args = {'Bucket': self.bucket, 'Prefix': prefix, 'MaxUploads': self.page_size}
+            args = {'Bucket': self.bucket, 'Prefix': prefix, 'MaxUploads': self.page_size, **self.payer}
             if key_marker:
                 args['KeyMarker'] = key_marker
                 if upload_marker:
@@ -902,52 +1372,91 @@ class Destination:
         """Every part of an upload, following ListParts pagination."""
         parts: Dict[int, Part] = {}
         marker = 0
+        field = self.checksum.parameter if self.checksum else ''
         while True:
             page = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                          MaxParts=self.page_size, PartNumberMarker=marker)
+                                          MaxParts=self.page_size, PartNumberMarker=marker, **self.payer)
             for item in page.get('Parts', ()):
-                parts[item['PartNumber']] = Part(item['PartNumber'], item['Size'], item['ETag'])
+                parts[item['PartNumber']] = Part(item['PartNumber'], item['Size'], item['ETag'],
+                                                 item.get(field, '') if field else '')
             next_marker = int(page.get('NextPartNumberMarker') or 0)
             if not page.get('IsTruncated') or next_marker <= marker:
                 return [parts[number] for number in sorted(parts)]
             marker = next_marker
 
-    def put(self, key: str, data: bytes, digest: bytes) -> str:
-        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentMD5=content_md5(digest), **self._object_args())
+    def _checksum_arg(self, checksum: Optional[bytes]) -> Dict[str, str]:
+        return {self.checksum.parameter: b64(checksum)} if self.checksum and checksum is not None else {}
+
+    def put(self, key: str, data: bytes, md5: bytes, args: Dict[str, Any], checksum: Optional[bytes]) -> str:
+        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=b64(md5),
+                                          **args, **self._checksum_arg(checksum))
         return _etag_of(response, 'PutObject')
 
-    def create_upload(self, key: str) -> str:
-        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                   **self._object_args())['UploadId']
+    def create_upload(self, key: str, args: Dict[str, Any]) -> str:
+        extra = dict(self.options.args(), **args)
+        if self.checksum:
+            extra['ChecksumAlgorithm'] = self.checksum.algorithm
+            if self.checksum.full_object:
+                extra['ChecksumType'] = 'FULL_OBJECT'
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)['UploadId']
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, digest: bytes) -> str:
-        response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                           PartNumber=number, Body=data, ContentMD5=content_md5(digest))
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes,
+                    checksum: Optional[bytes]) -> str:
+        response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                           Body=data, ContentMD5=b64(md5), **self.payer,
+                                           **self._checksum_arg(checksum))
         return _etag_of(response, 'UploadPart')
 
-    def complete(self, key: str, upload_id: str, parts: List[Tuple[int, str]]) -> str:
-        response = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={'Parts': [{'PartNumber': n, 'ETag': etag} for n, etag in parts]})
+    def copy_part(self, key: str, upload_id: str, number: int, source: Dict[str, str], pin: str,
+                  first: int, last: int) -> Tuple[str, str]:
+        """UploadPartCopy of source bytes first..last (inclusive); returns (etag, base64 checksum or '')."""
+        response = self.client.upload_part_copy(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, CopySource=source,
+            CopySourceRange=f'bytes={first}-{last}', CopySourceIfMatch=pin, **self.payer)
+        result = response.get('CopyPartResult', {})
+        return _etag_of(result, 'UploadPartCopy'), result.get(self.checksum.parameter, '') if self.checksum else ''
+
+    def copy_object(self, key: str, source: Dict[str, str], pin: str, args: Dict[str, Any]) -> str:
+        extra = dict(args, MetadataDirective='REPLACE', TaggingDirective='REPLACE')
+        if self.checksum:
+            extra['ChecksumAlgorithm'] = self.checksum.algorithm
+        response = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source,
+                                           CopySourceIfMatch=pin, **extra)
+        return _etag_of(response.get('CopyObjectResult', {}), 'CopyObject')
+
+    def complete(self, key: str, upload_id: str, parts: List[PartDone], full_checksum: str = '') -> str:
+        listed = []
+        for part in parts:
+            entry: Dict[str, Any] = {'PartNumber': part.number, 'ETag': part.etag}
+            if self.checksum and part.checksum is not None:
+                entry[self.checksum.parameter] = b64(part.checksum)
+            listed.append(entry)
+        extra: Dict[str, Any] = dict(self.payer)
+        if full_checksum and self.checksum:
+            extra.update({self.checksum.parameter: full_checksum, 'ChecksumType': 'FULL_OBJECT'})
+        response = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={'Parts': listed}, **extra)
         return response.get('ETag', '')
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id, **self.payer)
         except Exception as error:  # noqa: BLE001 - an upload that is already gone is fine
             if error_code(error) not in ('NoSuchUpload', '404'):
                 raise
 
-    def head(self, key: str) -> Optional[Tuple[int, str]]:
-        """(size, etag) of an object, or None when it does not exist."""
+    def head(self, key: str) -> Optional[Head]:
+        """Size, ETag, user metadata and additional checksums of an object; None when it does not exist."""
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode='ENABLED', **self.payer)
         except Exception as error:  # noqa: BLE001
             if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
                 return None
             raise
-        return response['ContentLength'], response.get('ETag', '')
+        checksums = {name[len('Checksum'):]: value for name, value in response.items()
+                     if name.startswith('Checksum') and name != 'ChecksumType' and isinstance(value, str)}
+        metadata = {k.lower(): v for k, v in response.get('Metadata', {}).items()}
+        return Head(response['ContentLength'], response.get('ETag', ''), metadata, checksums)
 
 
 ###############################################################################
@@ -984,12 +1493,46 @@ def parts_fit(parts: List[Part], size: int, part_size: int) -> bool:
                for part in parts)
 
 
+class Filters:
+    """What the job leaves out: ignore-list patterns on bucket/key (or the full path of a local file),
+    then --include / --exclude rules on the key below the source prefix (the last matching rule wins)."""
+
+    def __init__(self, ignore: Iterable[str] = (), rules: Iterable[Tuple[str, str]] = ()) -> None:
+        self.ignore = [pattern for pattern in ignore if pattern]
+        self.rules = list(rules)
+
+    @classmethod
+    def from_config(cls, config: Config, rules: Iterable[Tuple[str, str]] = ()) -> 'Filters':
+        patterns: List[str] = []
+        if config.IgnoreListFile:
+            try:
+                with open(config.IgnoreListFile, encoding='utf-8-sig') as handle:
+                    patterns = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith('#')]
+            except OSError as error:
+                raise ConfigError(f'cannot read IgnoreListFile {config.IgnoreListFile}: {error.strerror}: fix '
+                                  'the path or leave it empty') from None
+            except UnicodeDecodeError:
+                raise ConfigError(f'IgnoreListFile {config.IgnoreListFile} is not UTF-8 text: save it as UTF-8') from None
+        return cls(patterns, rules)
+
+    def excluded(self, key: str, name: str) -> str:
+        """Why this object is left out ('' when it is selected)."""
+        for pattern in self.ignore:
+            if fnmatch.fnmatchcase(name, pattern):
+                return f'ignore list: {pattern}'
+        verdict = ''
+        for kind, pattern in self.rules:
+            if fnmatch.fnmatchcase(key, pattern):
+                verdict = f'--exclude {pattern}' if kind == 'exclude' else ''
+        return verdict
+
+
 @dataclasses.dataclass
 class Task:
     """One source object and what to do with it."""
     source: SourceObject
     key: str                  # destination key
-    action: str               # 'send', 'skip' or 'fail'
+    action: str               # 'send', 'skip', 'check' (same size there: compare more), 'exclude' or 'fail'
     reason: str = ''
 
 
@@ -1038,11 +1581,16 @@ class DestinationIndex:
         return None
 
 
-def plan(source_objects: Iterable[SourceObject], destination: Destination) -> Iterator[Task]:
+def plan(source_objects: Iterable[SourceObject], destination: Destination, filters: Optional[Filters] = None,
+         match_name: Callable[[SourceObject], str] = lambda obj: obj.location, compare: str = 'size') -> Iterator[Task]:
     """Decide, object by object as the listing streams, what to send and what is already there."""
     index = DestinationIndex(destination)
     for obj in source_objects:
         key = destination.key_for(obj.key)
+        excluded = filters.excluded(obj.key, match_name(obj)) if filters else ''
+        if excluded:
+            yield Task(obj, key, 'exclude', excluded)
+            continue
         if obj.problem:
             yield Task(obj, key, 'fail', obj.problem)
             continue
@@ -1055,7 +1603,10 @@ def plan(source_objects: Iterable[SourceObject], destination: Destination) -> It
             continue
         existing = index.lookup(obj.key)
         if existing is not None and existing[0] == obj.size:
-            yield Task(obj, key, 'skip', 'same key and size at the destination')
+            if compare == 'size':
+                yield Task(obj, key, 'skip', 'same key and size at the destination')
+            else:
+                yield Task(obj, key, 'check', f'same size at the destination: comparing {compare}')
         else:
             yield Task(obj, key, 'send')
 
@@ -1134,6 +1685,21 @@ def _private_open(path: str, append: bool = False) -> Any:
 # Engine ######################################################################
 ###############################################################################
 
+EMPTY_MD5 = 'd41d8cd98f00b204e9800998ecf8427e'
+
+
+class VerifyError(Exception):
+    """The finished destination object does not match the source."""
+
+
+class ServerSideUnavailable(Exception):
+    """Server-side copy cannot work here (access denied, other partition, unsupported): stream instead."""
+
+
+SERVER_SIDE_FAILURES = frozenset(('AccessDenied', '403', 'NotImplemented', '501', 'InvalidRequest',
+                                  'XNotImplemented', 'CrossLocationLoggingProhibited', 'AuthorizationHeaderMalformed'))
+
+
 class Progress:
     """Thread-safe counters of a run, read by the progress display, the report and the GUI."""
 
@@ -1142,9 +1708,11 @@ class Progress:
         self.started = time.monotonic()
         self.listing_done = False
         self.files_total = self.files_transferred = self.files_skipped = self.files_failed = 0
+        self.files_excluded = 0
         self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
+        self.bytes_copied_server_side = 0
         self.parts_uploaded = self.parts_resumed = 0
-        self.verified_etag = self.verified_size = 0
+        self.verified_by: Dict[str, int] = {}
         self.failures: List[Dict[str, str]] = []
         self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
 
@@ -1152,6 +1720,11 @@ class Progress:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def verified(self, how: str) -> None:
+        with self.lock:
+            self.files_transferred += 1
+            self.verified_by[how] = self.verified_by.get(how, 0) + 1
 
     def file_started(self, key: str, size: int) -> None:
         with self.lock:
@@ -1173,7 +1746,7 @@ class Progress:
 
     @property
     def bytes_done(self) -> int:
-        return self.bytes_transferred + self.bytes_resumed + self.bytes_skipped
+        return self.bytes_transferred + self.bytes_resumed + self.bytes_skipped + self.bytes_copied_server_side
 
     @property
     def files_done(self) -> int:
@@ -1182,9 +1755,9 @@ class Progress:
     def snapshot(self) -> Dict[str, Any]:
         with self.lock:
             counts = {name: getattr(self, name) for name in (
-                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'bytes_total',
-                'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'parts_uploaded', 'parts_resumed',
-                'listing_done')}
+                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
+                'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
+                'parts_uploaded', 'parts_resumed', 'listing_done')}
             counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
         counts['seconds'] = time.monotonic() - self.started
         return counts
@@ -1210,10 +1783,24 @@ class RateLimiter:
             self.stop.wait(start - now)
 
 
-class FileTransfer:
-    """Copies one object: one PutObject when small, else a multipart upload resumed from the destination."""
+class ServerSideSwitch:
+    """Whether server-side copy is used; turned off for the rest of the run at the first sign it cannot work."""
 
-    MAX_REDO = 3   # source changed mid-copy: start over this many times, then fail
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.lock = threading.Lock()
+
+    def disable(self, why: str) -> None:
+        with self.lock:
+            if self.enabled:
+                logger.warning('server-side copy is not possible here (%s): streaming through this machine', why)
+            self.enabled = False
+
+
+class FileTransfer:
+    """Copies one object: one request when small, else a multipart upload resumed from the destination."""
+
+    MAX_REDO = 3   # source or upload changed mid-copy: start over this many times, then fail
 
     def __init__(self, engine: 'Engine', task: Task) -> None:
         self.engine = engine
@@ -1228,10 +1815,14 @@ class FileTransfer:
         task = self.task
         self.progress.file_started(task.key, task.source.size)
         try:
+            if task.action == 'check' and self.unchanged():
+                self.progress.add(files_skipped=1, bytes_skipped=task.source.size)
+                logger.debug('skip %s: unchanged (%s)', task.key, self.config.CompareMode)
+                return
             for attempt in range(self.MAX_REDO + 1):
                 try:
                     how = self._copy()
-                    self.progress.add(files_transferred=1, **{f'verified_{how}': 1})
+                    self.progress.verified(how)
                     logger.info('done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
                     return
                 except RestartFile as change:
@@ -1253,38 +1844,120 @@ class FileTransfer:
 
     def _copy(self) -> str:
         obj = self.task.source
-        if obj.size < self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE or obj.size == 0:
-            return self._put()
-        return MultipartCopy(self).run()
+        small = obj.size == 0 or (obj.size < self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE)
+        if self.engine.server_side.enabled:
+            try:
+                return self._copy_object() if small else MultipartCopy(self, server_side=True).run()
+            except ServerSideUnavailable as why:
+                self.engine.server_side.disable(str(why))
+        return self._put() if small else MultipartCopy(self).run()
+
+    def stamp(self, part_size: int) -> Dict[str, str]:
+        """The x-amz-meta-s3u-* entries that identify the source version and how it was checked."""
+        checksum = self.destination.checksum
+        return {**self.source.stamp(self.task.source), 's3u-etag-part-size': str(part_size),
+                's3u-checksum': 'md5' + (f'+{checksum.algorithm.lower()}' if checksum else '')}
 
     def _put(self) -> str:
-        obj, key = self.task.source, self.task.key
-        data = self.source.read(obj, 0, obj.size)
+        obj, key, destination = self.task.source, self.task.key, self.destination
+        data, info = self.source.fetch(obj)
         if self.source.changed(obj):
             raise SourceChanged('file changed while being read')
-        digest = md5_of(data)
+        if info.whole and info.whole.compute(data) != info.whole.expected:
+            raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
+        md5 = md5_of(data)
+        checksum = destination.checksum.of(data) if destination.checksum else None
+        args = destination.object_args(info, self.stamp(0))
         self.engine.limiter.take(len(data))
-        etag = self.retry(f'PutObject {key}', self.destination.put, key, data, digest)
+        etag = self.retry(f'PutObject {key}', destination.put, key, data, md5, args, checksum)
         self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
         self.progress.file_advanced(key, len(data))
-        if clean_etag(etag) == digest.hex():
+        if info.whole:
+            return info.whole.name          # source CRC matched the bytes, and Content-MD5 the upload
+        if clean_etag(etag) == md5.hex():
             return 'etag'
         logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
                     'the server accepted Content-MD5, size checked instead', key, etag)
-        head = self.retry(f'HeadObject {key}', self.destination.head, key)
-        if head is None or head[0] != obj.size:
-            raise VerifyError(f'destination object has size {head and head[0]}, expected {obj.size}')
+        head = self.retry(f'HeadObject {key}', destination.head, key)
+        if head is None or head.size != obj.size:
+            raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
         return 'size'
 
+    def _copy_object(self) -> str:
+        """CopyObject inside the store: no bytes through this machine."""
+        obj, key, destination = self.task.source, self.task.key, self.destination
+        info = self.source.info(obj)
+        args = destination.object_args(info, self.stamp(0))
+        try:
+            etag = self.retry(f'CopyObject {key}', destination.copy_object, key, self.source.copy_source(obj),
+                              obj.version, args)
+        except Exception as error:  # noqa: BLE001
+            raise _server_side_error(error) from None
+        self.progress.add(bytes_copied_server_side=obj.size, parts_uploaded=1)
+        self.progress.file_advanced(key, obj.size)
+        head = self.retry(f'HeadObject {key}', destination.head, key)
+        if head is None or head.size != obj.size:
+            raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
+        source_crc = info.stamp.get('s3u-src-crc64nvme')
+        if source_crc and head.checksums.get('CRC64NVME') == source_crc:
+            return 'crc64nvme'
+        if '-' not in clean_etag(obj.version) and clean_etag(etag) == clean_etag(obj.version):
+            return 'etag'
+        return 'size'
 
-class VerifyError(Exception):
-    """The finished destination object does not match the source."""
+    def unchanged(self) -> bool:
+        """CompareMode identity / checksum: whether the object already at the destination is this source."""
+        obj, key = self.task.source, self.task.key
+        head = self.retry(f'HeadObject {key}', self.destination.head, key)
+        if head is None or head.size != obj.size:
+            return False
+        if self.config.CompareMode == 'identity':
+            stamp = self.source.stamp(obj)
+            if all(head.metadata.get(name) == value for name, value in stamp.items()):
+                return True
+            unstamped = not any(name.startswith('s3u-src-') for name in head.metadata)
+            return unstamped and 's3u-src-etag' in stamp and clean_etag(head.etag) == stamp['s3u-src-etag']
+        if isinstance(self.source, LocalSource):
+            return self._same_local_content(head)
+        info = self.source.info(obj)
+        for name in ('s3u-src-crc64nvme', 's3u-src-crc64ecma'):
+            if name in info.stamp and info.stamp[name] in (head.metadata.get(name),
+                                                             head.checksums.get('CRC64NVME')):
+                return True
+        return '-' not in clean_etag(head.etag) and clean_etag(head.etag) == clean_etag(obj.version)
+
+    def _same_local_content(self, head: Head) -> bool:
+        """Hash the local file the way the destination's ETag was made and compare."""
+        obj, etag = self.task.source, clean_etag(head.etag)
+        stamped = head.metadata.get('s3u-etag-part-size', '')
+        part_size = int(stamped) if stamped.isdigit() else part_size_for(obj.size, self.config.chunk_bytes)
+        if '-' not in etag:
+            return md5_of(self.source.read(obj, 0, obj.size)) == bytes.fromhex(etag) if len(etag) == 32 else False
+        if not part_size or part_count(obj.size, part_size) != int(etag.split('-')[1] or 0):
+            return False
+        digests = [md5_of(self.source.read(obj, *part_range(n, obj.size, part_size)))
+                   for n in range(1, part_count(obj.size, part_size) + 1)]
+        return multipart_etag(digests) == etag
+
+
+def _server_side_error(error: BaseException) -> BaseException:
+    """Sort an error of CopyObject / UploadPartCopy: source changed or gone, not possible here, or other."""
+    if isinstance(error, (RestartFile, SourceGone, Stopped)):
+        return error
+    code = error_code(error)
+    if code in ('PreconditionFailed', '412'):
+        return SourceChanged('source object was overwritten during the copy')
+    if code in ('NoSuchKey',):
+        return SourceGone('source object was deleted')
+    if code in SERVER_SIDE_FAILURES:
+        return ServerSideUnavailable(describe_error(error))
+    return error
 
 
 class MultipartCopy:
     """One multipart upload: find what the destination holds, prove it, send the rest, complete, verify."""
 
-    def __init__(self, transfer: FileTransfer) -> None:
+    def __init__(self, transfer: FileTransfer, server_side: bool = False) -> None:
         self.transfer = transfer
         self.engine = transfer.engine
         self.obj = transfer.task.source
@@ -1295,43 +1968,49 @@ class MultipartCopy:
         self.progress = transfer.progress
         self.config = transfer.config
         self.bucket = self.destination.bucket
+        self.server_side = server_side
+        self.whole: Optional[WholeChecksum] = None
 
     def run(self) -> str:
-        upload_id, part_size, kept = self._resume_or_start()
-        count = part_count(self.obj.size, part_size)
-        digests: Dict[int, bytes] = {}
-        etags: Dict[int, str] = {}
+        info = self.source.info(self.obj)
+        self.whole = None if self.server_side else info.whole
+        planned = part_size_for(self.obj.size, self.config.chunk_bytes)
+        upload_id, part_size, kept = self._resume_or_start(planned, info)
+        done: Dict[int, PartDone] = {}
         for number, part in kept.items():
-            digest = md5_hex_etag(part.etag)
-            if digest is not None:
-                digests[number] = digest
-            etags[number] = part.etag
+            checksum = base64.b64decode(part.checksum) if part.checksum else None
+            done[number] = PartDone(number, part.size, part.etag, md5_hex_etag(part.etag), checksum)
             self.progress.add(bytes_resumed=part.size, parts_resumed=1)
             self.progress.file_advanced(self.key, part.size)
+        count = part_count(self.obj.size, part_size)
         missing = [n for n in range(1, count + 1) if n not in kept]
         if missing:
-            logger.info('%s: sending %d of %d parts (%s each)%s', self.key, len(missing), count,
+            logger.info('%s: %s %d of %d parts (%s each)%s', self.key,
+                        'copying inside the store' if self.server_side else 'sending', len(missing), count,
                         human_bytes(part_size), f', {len(kept)} already there' if kept else '')
+        send = self._copy_part if self.server_side else self._send_part
         try:
-            for number, etag, digest in self.engine.run_parts(self._send_part, upload_id, part_size, missing):
-                etags[number], digests[number] = etag, digest
+            for part in self.engine.run_parts(send, upload_id, part_size, missing):
+                done[part.number] = part
         except Exception as error:  # noqa: BLE001
             if error_code(error) == 'NoSuchUpload':
                 self.engine.journal.forget(upload_id)
                 raise UploadLost('the destination dropped the multipart upload') from None
             raise
+        parts = [done[n] for n in sorted(done)]
+        self._fill_missing_checksums(parts, part_size)
+        end_to_end = self._check_end_to_end(parts, upload_id)
         if self.source.changed(self.obj):
-            self.destination.abort(self.key, upload_id)
-            self.engine.journal.forget(upload_id)
+            self._discard(upload_id, 'the source changed during the upload')
             raise SourceChanged('source changed during the upload')
-        ordered = sorted(etags.items())
-        etag = self._complete(upload_id, ordered)
+        full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
+            if self.destination.checksum and self.destination.checksum.full_object else ''
+        etag = self._complete(upload_id, parts, full)
         self.engine.journal.forget(upload_id)
-        return self._verify(etag, [digests.get(n) for n, _ in ordered])
+        return self._verify(etag, parts, info, end_to_end)
 
-    def _resume_or_start(self) -> Tuple[str, int, Dict[int, Part]]:
+    def _resume_or_start(self, planned: int, info: Info) -> Tuple[str, int, Dict[int, Part]]:
         """The upload to continue (with its part size and the parts proven to be ours) or a new one."""
-        planned = part_size_for(self.obj.size, self.config.chunk_bytes)
         uploads = self.retry(f'ListMultipartUploads {self.key}', self.destination.uploads_for, self.key)
         usable = [found for found in (self._reusable(upload, planned) for upload in uploads) if found]
         usable.sort(key=lambda found: sum(part.size for part in found[2].values()), reverse=True)
@@ -1339,7 +2018,8 @@ class MultipartCopy:
             self._discard(upload_id, 'another upload of this key holds more of it')
         if usable:
             return usable[0]
-        upload_id = self.retry(f'CreateMultipartUpload {self.key}', self.destination.create_upload, self.key)
+        args = self.destination.object_args(info, self.transfer.stamp(planned))
+        upload_id = self.retry(f'CreateMultipartUpload {self.key}', self.destination.create_upload, self.key, args)
         self.engine.journal.record(self.bucket, self.key, upload_id, self.obj.identity, planned)
         return upload_id, planned, {}
 
@@ -1367,7 +2047,7 @@ class MultipartCopy:
         by_number = {part.number: part for part in parts}
         if trusted and not self.config.ifVerifyMD5:
             return upload.upload_id, part_size, by_number
-        if not trusted and isinstance(self.source, S3Source) and not self.config.ifVerifyMD5:
+        if not trusted and not isinstance(self.source, LocalSource) and not self.config.ifVerifyMD5:
             self._discard(upload.upload_id, 'no journal entry proves its parts come from this source version '
                                             '(set ifVerifyMD5 = True to check them by re-reading)')
             return None
@@ -1387,47 +2067,99 @@ class MultipartCopy:
         offset, length = part_range(part.number, self.obj.size, part_size)
         return md5_of(self.source.read(self.obj, offset, length)) == expected
 
-    def _send_part(self, upload_id: str, part_size: int, number: int) -> Tuple[int, str, bytes]:
+    def _send_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self.source.read(self.obj, offset, length)
-        digest = md5_of(data)
+        md5 = md5_of(data)
+        checksum = self.destination.checksum.of(data) if self.destination.checksum else None
+        crc = self.whole.compute(data) if self.whole else None
         self.engine.limiter.take(length)
         etag = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
-                          self.key, upload_id, number, data, digest)
-        if md5_hex_etag(etag) not in (None, digest):
-            logger.debug('%s part %d: ETag %s is not its MD5', self.key, number, etag)
+                          self.key, upload_id, number, data, md5, checksum)
         self.progress.add(bytes_transferred=length, parts_uploaded=1)
         self.progress.file_advanced(self.key, length)
-        return number, etag, digest
+        return PartDone(number, length, etag, md5, checksum, crc)
 
-    def _complete(self, upload_id: str, ordered: List[Tuple[int, str]]) -> str:
+    def _copy_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
+        offset, length = part_range(number, self.obj.size, part_size)
+        try:
+            etag, checksum = self.retry(f'UploadPartCopy {self.key} #{number}', self.destination.copy_part,
+                                        self.key, upload_id, number, self.source.copy_source(self.obj),
+                                        self.obj.version, offset, offset + length - 1)
+        except Exception as error:  # noqa: BLE001
+            raise _server_side_error(error) from None
+        if length and clean_etag(etag) == EMPTY_MD5:
+            raise ServerSideUnavailable('the store answered UploadPartCopy with an empty part')
+        self.progress.add(bytes_copied_server_side=length, parts_uploaded=1)
+        self.progress.file_advanced(self.key, length)
+        return PartDone(number, length, etag, md5_hex_etag(etag), base64.b64decode(checksum) if checksum else None)
+
+    def _fill_missing_checksums(self, parts: List[PartDone], part_size: int) -> None:
+        """Parts whose additional checksum the store did not report are re-read from the source to get it."""
+        if not self.destination.checksum:
+            return
+        for part in parts:
+            if part.checksum is None:
+                offset, length = part_range(part.number, self.obj.size, part_size)
+                part.checksum = self.destination.checksum.of(self.source.read(self.obj, offset, length))
+
+    def _check_end_to_end(self, parts: List[PartDone], upload_id: str) -> bool:
+        """Compare the source's own whole-object CRC with the bytes we read, before completing."""
+        if self.whole is None or any(part.crc is None for part in parts):
+            return False
+        value = self.whole.over([(part.crc, part.size) for part in parts])  # type: ignore[misc]
+        if value != self.whole.expected:
+            self._discard(upload_id, f'the data read does not match the source\'s {self.whole.name}')
+            raise RestartFile(f'data read does not match the source\'s {self.whole.name}')
+        return True
+
+    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str) -> str:
         try:
             return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
-                              self.key, upload_id, ordered)
+                              self.key, upload_id, parts, full_checksum)
         except Exception as error:  # noqa: BLE001
             if error_code(error) != 'NoSuchUpload':
                 raise
             # A retried Complete after the server already applied it: the object proves it.
             head = self.destination.head(self.key)
-            if head is None or head[0] != self.obj.size:
+            if head is None or head.size != self.obj.size:
                 self.engine.journal.forget(upload_id)
                 raise UploadLost('the destination dropped the multipart upload before completion') from None
             logger.info('%s: upload already completed by an earlier attempt', self.key)
-            return head[1]
+            return head.etag
 
-    def _verify(self, etag: str, digests: List[Optional[bytes]]) -> str:
+    def _verify(self, etag: str, parts: List[PartDone], info: Info, end_to_end: bool) -> str:
         head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
         if head is None:
             raise VerifyError('object missing at the destination after CompleteMultipartUpload')
-        if head[0] != self.obj.size:
-            raise VerifyError(f'destination object has {head[0]} bytes, source {self.obj.size}')
+        if head.size != self.obj.size:
+            raise VerifyError(f'destination object has {head.size} bytes, source {self.obj.size}')
         self._abort_leftovers()
-        if all(d is not None for d in digests):
-            expected = multipart_etag([d for d in digests if d is not None])
-            if clean_etag(etag) == expected or clean_etag(head[1]) == expected:
+        checksum = self.destination.checksum
+        checksum_ok = False
+        if checksum:
+            expected = checksum.object_value([(p.checksum, p.size) for p in parts])  # type: ignore[misc]
+            reported = head.checksums.get(checksum.algorithm, '')
+            if reported and not Checksum.same(expected, reported):
+                raise VerifyError(f'destination {checksum.algorithm} {reported} differs from {expected} '
+                                  'computed from the parts')
+            checksum_ok = bool(reported)
+            if not reported:
+                logger.info('%s: the store reports no %s for the object; ETag and size checked',
+                            self.key, checksum.algorithm)
+        source_crc = info.stamp.get('s3u-src-crc64nvme')
+        if source_crc and head.checksums.get('CRC64NVME') == source_crc:
+            return 'crc64nvme'            # the store's own CRC of what it holds equals the source's
+        if end_to_end and self.whole is not None:
+            return self.whole.name
+        if checksum_ok and checksum is not None:
+            return checksum.algorithm.lower()
+        if all(part.md5 is not None for part in parts):
+            expected_etag = multipart_etag([part.md5 for part in parts if part.md5 is not None])
+            if expected_etag in (clean_etag(etag), clean_etag(head.etag)):
                 return 'etag'
             logger.warning('%s: ETag %s differs from %s computed from the parts; the store\'s ETags are not '
-                           'MD5-based (e.g. SSE-KMS), so only the size was verified', self.key, etag, expected)
+                           'MD5-based (e.g. SSE-KMS), so only the size was verified', self.key, etag, expected_etag)
         return 'size'
 
     def _abort_leftovers(self) -> None:
@@ -1444,7 +2176,8 @@ class Engine:
     """Runs the plan: MaxParallelFile files at once, MaxThread parts in flight per file."""
 
     def __init__(self, config: Config, source: Any, destination: Destination, journal: ResumeJournal,
-                 retrier: Retrier, progress: Optional[Progress] = None) -> None:
+                 retrier: Retrier, progress: Optional[Progress] = None, filters: Optional[Filters] = None,
+                 server_side: bool = False) -> None:
         self.config = config
         self.source = source
         self.destination = destination
@@ -1452,16 +2185,21 @@ class Engine:
         self.retrier = retrier
         self.stop = retrier.stop
         self.progress = progress or Progress()
+        self.filters = filters
+        self.server_side = ServerSideSwitch(server_side)
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.part_pool = ThreadPoolExecutor(config.MaxParallelFile * config.MaxThread, 'part')
+
+    def tasks(self) -> Iterator[Task]:
+        return plan(self.source.objects(), self.destination, self.filters, self.source.match_name,
+                    self.config.CompareMode)
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
         backlog = threading.BoundedSemaphore(self.config.MaxParallelFile * 2)
         try:
-            for task in plan(self.source.objects(), self.destination):
-                self._count(task)
-                if task.action != 'send':
+            for task in self.tasks():
+                if not self._count(task):
                     continue
                 while not backlog.acquire(timeout=0.2):
                     if self.stop.is_set():
@@ -1481,15 +2219,55 @@ class Engine:
             self.part_pool.shutdown(wait=True)
         return self.progress
 
-    def _count(self, task: Task) -> None:
+    def dry_run(self, out: Any) -> Progress:
+        """Print what a run would send, skip, leave out or fail; change nothing."""
+        would_send = 0
+        for task in self.tasks():
+            if task.action == 'check':
+                unchanged = FileTransfer(self, task).unchanged()
+                task = dataclasses.replace(task, action='skip' if unchanged else 'send',
+                                           reason=f'unchanged ({self.config.CompareMode})' if unchanged else
+                                           f'changed ({self.config.CompareMode})')
+            if task.action == 'exclude':
+                self.progress.add(files_excluded=1)
+                print(f'exclude  {task.key}  ({task.reason})', file=out)
+                continue
+            self.progress.add(files_total=1, bytes_total=task.source.size)
+            if task.action == 'send':
+                would_send += task.source.size
+                print(f'send     {task.key}  {task.source.size}{"  (" + task.reason + ")" if task.reason else ""}',
+                      file=out)
+            elif task.action == 'skip':
+                self.progress.add(files_skipped=1, bytes_skipped=task.source.size)
+                print(f'skip     {task.key}  ({task.reason})', file=out)
+            else:
+                self.progress.fail(task.key, task.reason)
+                print(f'fail     {task.key}  ({task.reason})', file=out)
+        p = self.progress
+        sending = p.files_total - p.files_skipped - p.files_failed
+        print(f'dry run: {sending} files to send ({human_bytes(would_send)}), {p.files_skipped} to skip, '
+              f'{p.files_excluded} excluded, {p.files_failed} failing; nothing was changed', file=out)
+        self.progress.listing_done = True
+        self.part_pool.shutdown(wait=True)
+        return self.progress
+
+    def _count(self, task: Task) -> bool:
+        """Count a planned task; True if it needs a worker."""
         size = task.source.size
+        if task.action == 'exclude':
+            self.progress.add(files_excluded=1)
+            logger.debug('exclude %s: %s', task.key, task.reason)
+            return False
         self.progress.add(files_total=1, bytes_total=size)
         if task.action == 'skip':
             self.progress.add(files_skipped=1, bytes_skipped=size)
             logger.debug('skip %s: %s', task.key, task.reason)
-        elif task.action == 'fail':
+            return False
+        if task.action == 'fail':
             logger.error('FAILED %s: %s', task.key, task.reason)
             self.progress.fail(task.key, task.reason)
+            return False
+        return True
 
     def _run_file(self, task: Task) -> None:
         if self.stop.is_set():
@@ -1499,9 +2277,9 @@ class Engine:
         except Stopped:
             pass
 
-    def run_parts(self, send: Callable[[str, int, int], Tuple[int, str, bytes]], upload_id: str,
-                  part_size: int, numbers: List[int]) -> Iterator[Tuple[int, str, bytes]]:
-        """Send parts with at most MaxThread in flight; yield (number, etag, md5) as each finishes."""
+    def run_parts(self, send: Callable[[str, int, int], PartDone], upload_id: str, part_size: int,
+                  numbers: List[int]) -> Iterator[PartDone]:
+        """Send parts with at most MaxThread in flight; yield each as it finishes."""
         queue = list(reversed(numbers))
         pending: set = set()
         error: Optional[BaseException] = None
@@ -1548,20 +2326,24 @@ class Report:
     parts_resumed: int
     seconds: float
     failures: List[Dict[str, str]]
-    verified_by_etag: int = 0
-    verified_by_size: int = 0
+    bytes_copied_server_side: int = 0
+    files_excluded: int = 0
+    verified_by: Dict[str, int] = dataclasses.field(default_factory=dict)
     stopped: bool = False
+    dry_run: bool = False
     source: str = ''
     destination: str = ''
 
     @classmethod
-    def from_progress(cls, progress: Progress, stopped: bool, source: str, destination: str) -> 'Report':
+    def from_progress(cls, progress: Progress, stopped: bool, source: str, destination: str,
+                      dry_run: bool = False) -> 'Report':
         with progress.lock:
             return cls(progress.files_total, progress.files_transferred, progress.files_skipped,
                        progress.files_failed, progress.bytes_total, progress.bytes_transferred,
                        progress.bytes_resumed, progress.parts_uploaded, progress.parts_resumed,
                        round(time.monotonic() - progress.started, 3), list(progress.failures),
-                       progress.verified_etag, progress.verified_size, stopped, source, destination)
+                       progress.bytes_copied_server_side, progress.files_excluded, dict(progress.verified_by),
+                       stopped, dry_run, source, destination)
 
     @property
     def exit_code(self) -> int:
@@ -1584,6 +2366,10 @@ class Report:
             f'{human_bytes(self.bytes_resumed)} already uploaded ({self.parts_resumed} parts), '
             f'{human_bytes(self.bytes_total)} selected',
         ]
+        if self.bytes_copied_server_side:
+            lines.append(f'copied {human_bytes(self.bytes_copied_server_side)} inside the store (server-side copy)')
+        if self.verified_by:
+            lines.append('verified by ' + ', '.join(f'{how}: {count}' for how, count in sorted(self.verified_by.items())))
         for failure in self.failures[:20]:
             lines.append(f'  failed: {failure["key"]}: {failure["error"]}')
         if len(self.failures) > 20:
@@ -1746,26 +2532,27 @@ def setup_logging(config: Config, console: bool = True) -> str:
     return path
 
 
-def open_job(config: Config, retrier: Retrier) -> Tuple[Any, Destination]:
-    """Clients, source and destination of a job, checked before anything is transferred."""
+def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Any, Destination, bool]:
+    """Source and destination of a job, checked before anything is transferred, and whether the
+    source can be copied server-side (same endpoint and partition)."""
     pool = config.MaxParallelFile * (config.MaxThread + 1) + 4
-    des_client = make_client(config.DesProfileName, config.DesEndPointURL, config.DesRegion, pool,
-                             config.RetryMode, 'destination')
-    destination = Destination(des_client, config.DesBucket, config.S3Prefix, config.StorageClass,
+    des_client = client_for(config, 'Des', pool)
+    destination = Destination(des_client, config.DesBucket, config.S3Prefix, WriteOptions.from_config(config),
                               config.ListPageSize, retrier)
+    server_side = False
     if config.JobType == 'LOCAL_TO_S3':
         source: Any = LocalSource(config.SrcDir, config.SrcFileIndex)
     elif config.JobType == 'S3_TO_S3':
-        src_client = make_client(config.SrcProfileName, config.SrcEndPointURL, config.SrcRegion, pool,
-                                 config.RetryMode, 'source')
-        source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex,
-                          config.ListPageSize, retrier)
+        src_client = client_for(config, 'Src', pool)
+        source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex, config.ListPageSize,
+                          retrier, config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
+        server_side = (config.ServerSideCopy == 'auto' and config.SrcEndPointURL == config.DesEndPointURL and
+                       src_client.meta.partition == des_client.meta.partition)
     else:
-        raise ConfigError(f'JobType {config.JobType} is not available in this version: use LOCAL_TO_S3 or '
-                          'S3_TO_S3')
+        source = OssSource.from_config(config, retrier)
     source.check()
-    destination.check()
-    return source, destination
+    destination.check(write=write_check)
+    return source, destination, server_side
 
 
 def offer_clean(config: Config, destination: Destination, source: Any) -> None:
@@ -1786,25 +2573,29 @@ def offer_clean(config: Config, destination: Destination, source: Any) -> None:
 
 
 def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Optional[Progress] = None,
-            show_progress: bool = False, ask: bool = False) -> Report:
-    """Check, plan and run a job; return its report. Raises ConfigError on bad input."""
+            show_progress: bool = False, ask: bool = False, rules: Iterable[Tuple[str, str]] = (),
+            dry_run: bool = False) -> Report:
+    """Check, plan and run a job (or only print its plan); return its report. ConfigError on bad input."""
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
-    source, destination = open_job(config, retrier)
-    if ask:
+    filters = Filters.from_config(config, rules)
+    source, destination, server_side = open_job(config, retrier, write_check=not dry_run)
+    if ask and not dry_run:
         offer_clean(config, destination, source)
     os.makedirs(config.LogDir, exist_ok=True)
     journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
-    engine = Engine(config, source, destination, journal, retrier, progress)
-    logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight)', __version__,
+    engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
+    logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
                 config.JobType, source.describe(), destination.describe(), config.ChunkSize,
-                config.MaxParallelFile, config.MaxThread)
-    if show_progress:
+                config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
+    if dry_run:
+        engine.dry_run(sys.stdout)
+    elif show_progress:
         with ProgressDisplay(engine.progress):
             engine.run()
     else:
         engine.run()
     return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
-                                destination.describe())
+                                destination.describe(), dry_run)
 
 
 def default_config_path() -> str:
@@ -1833,8 +2624,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--report', metavar='PATH', help='write a JSON summary of the run here')
     parser.add_argument('--set', metavar='KEY=VALUE', action='append', default=[],
                         help='override one config key, e.g. --set MaxThread=10 (repeatable)')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print what would be sent, skipped, excluded or fail, with totals; change nothing')
+    parser.add_argument('--include', metavar='PATTERN', action=RuleAction, dest='rules', default=[],
+                        help='fnmatch pattern on the key below the source prefix; with --exclude, the last '
+                             'matching rule wins, as in the AWS CLI (repeatable)')
+    parser.add_argument('--exclude', metavar='PATTERN', action=RuleAction, dest='rules', default=[],
+                        help='leave out keys matching PATTERN (* matches "/" too; repeatable)')
     parser.add_argument('--version', action='version', version=f's3_upload {__version__}')
     return parser
+
+
+class RuleAction(argparse.Action):
+    """Collects --include / --exclude in command-line order."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Optional[str] = None) -> None:
+        getattr(namespace, self.dest).append((option.lstrip('-') if option else 'include', value))
 
 
 def parse_overrides(pairs: List[str]) -> Dict[str, str]:
@@ -1888,11 +2693,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     stop = threading.Event()
     outcome = install_signal_handlers(stop)
     try:
-        report = run_job(config, stop, show_progress=True, ask=True)
+        report = run_job(config, stop, show_progress=not args.dry_run, ask=True, rules=args.rules,
+                         dry_run=args.dry_run)
     except ConfigError as error:
         logger.debug('bad input', exc_info=True)
         return fail_input(str(error))
-    print(report.summary(), file=sys.stderr)
+    if not args.dry_run:
+        print(report.summary(), file=sys.stderr)
     logger.info('log file: %s', log_path)
     if args.report:
         report.write(args.report)

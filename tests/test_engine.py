@@ -51,7 +51,7 @@ def test_multipart_etag_is_verified(seaweed, tool, tmp_path):
     parts = [bytes.fromhex(md5(data[i:i + 5 * MiB])) for i in range(0, len(data), 5 * MiB)]
     import hashlib
     assert head['ETag'].strip('"') == hashlib.md5(b''.join(parts)).hexdigest() + '-3'
-    assert run.report['verified_by_etag'] == 1
+    assert run.report['verified_by'] == {'etag': 1}
 
 
 def test_single_file_selected_by_srcfileindex(seaweed, tool, tmp_path):

@@ -76,10 +76,12 @@ def test_s3_to_s3_between_two_endpoints_and_credential_sets(moto, seaweed, tool)
 def test_s3_to_s3_same_server_different_credentials(seaweed, tool):
     src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
     fill(seaweed, src_bucket, {'k1': b'one', 'k2': random_bytes(6 * MiB, 3)})
-    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcProfileName='seaweed_source', ChunkSize=5)
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcProfileName='seaweed_source', ChunkSize=5,
+                        ServerSideCopy='never')
     run = tool.run(settings)
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, dst_bucket) == bucket_contents(seaweed, src_bucket)
+    assert run.report['bytes_transferred'] == 6 * MiB + 3 and run.report['bytes_copied_server_side'] == 0
 
 
 def test_s3_source_single_key(moto, seaweed, tool):
@@ -95,7 +97,8 @@ def test_s3_source_overwritten_mid_copy_restarts_the_object(seaweed, tool):
     src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
     old, new = random_bytes(30 * MiB, 4), random_bytes(30 * MiB, 5)
     fill(seaweed, src_bucket, {'v.bin': old})
-    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1, BandwidthLimit=10)
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1, BandwidthLimit=10,
+                        ServerSideCopy='never')
     process = tool.start(settings)
     assert wait_for_parts(seaweed, dst_bucket, 'v.bin', 1)
     seaweed.client().put_object(Bucket=src_bucket, Key='v.bin', Body=new)
