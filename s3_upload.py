@@ -438,7 +438,7 @@ def describe_error(error: BaseException) -> str:
 
 def is_retryable(error: BaseException) -> bool:
     """Transient (network, throttling, 5xx, bad digest) as opposed to permanent (403, 404, ...)."""
-    if isinstance(error, (RestartFile, SourceGone, ConfigError, Stopped, VerifyError)):
+    if isinstance(error, (RestartFile, SourceGone, ConfigError, Stopped, VerifyError, ServerSideUnavailable)):
         return False
     code = error_code(error)
     if code:
@@ -653,17 +653,27 @@ class Checksum:
 
     def object_value(self, parts: List[Tuple[bytes, int]]) -> str:
         """What S3 reports for an object made of these (part checksum, part size) parts."""
-        if self.full_object:
-            value = int.from_bytes(parts[0][0], 'big')
-            for checksum, size in parts[1:]:
-                value = self._combine(value, int.from_bytes(checksum, 'big'), size)
-            return b64(value.to_bytes(self.width, 'big'))
+        return self.full_value(parts) if self.full_object else self.composite_value(parts)
+
+    def full_value(self, parts: List[Tuple[bytes, int]]) -> str:
+        """The checksum of the whole object's bytes, combined from its parts' (CRCs only)."""
+        value = int.from_bytes(parts[0][0], 'big')
+        for checksum, size in parts[1:]:
+            value = self._combine(value, int.from_bytes(checksum, 'big'), size)
+        return b64(value.to_bytes(self.width, 'big'))
+
+    def composite_value(self, parts: List[Tuple[bytes, int]]) -> str:
+        """S3's checksum-of-checksums of a multipart object: the checksum of the part checksums, '-N'."""
         return f'{b64(self.of(b"".join(checksum for checksum, _ in parts)))}-{len(parts)}'
 
-    @staticmethod
-    def same(expected: str, reported: str) -> bool:
-        """Compare with what a store reports (some leave out the '-N' of composite checksums)."""
-        return bool(reported) and (reported == expected or reported == expected.split('-')[0])
+    def matches(self, reported: str, parts: List[Tuple[bytes, int]]) -> bool:
+        """Whether a store's whole-object value fits these parts (composite with or without '-N', or full)."""
+        if self.full_object:
+            return reported == self.full_value(parts)
+        composite = self.composite_value(parts)
+        if reported in (composite, composite.split('-')[0]):
+            return True
+        return self.algorithm != 'SHA256' and reported == self.full_value(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1414,7 +1424,9 @@ class Destination:
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, CopySource=source,
             CopySourceRange=f'bytes={first}-{last}', CopySourceIfMatch=pin, **self.payer)
         result = response.get('CopyPartResult', {})
-        return _etag_of(result, 'UploadPartCopy'), result.get(self.checksum.parameter, '') if self.checksum else ''
+        if not result.get('ETag'):
+            raise ServerSideUnavailable('the store\'s UploadPartCopy answer has no ETag')
+        return result['ETag'], result.get(self.checksum.parameter, '') if self.checksum else ''
 
     def copy_object(self, key: str, source: Dict[str, str], pin: str, args: Dict[str, Any]) -> str:
         extra = dict(args, MetadataDirective='REPLACE', TaggingDirective='REPLACE')
@@ -1422,7 +1434,10 @@ class Destination:
             extra['ChecksumAlgorithm'] = self.checksum.algorithm
         response = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source,
                                            CopySourceIfMatch=pin, **extra)
-        return _etag_of(response.get('CopyObjectResult', {}), 'CopyObject')
+        etag = response.get('CopyObjectResult', {}).get('ETag')
+        if not etag:
+            raise ServerSideUnavailable('the store\'s CopyObject answer has no ETag')
+        return etag
 
     def complete(self, key: str, upload_id: str, parts: List[PartDone], full_checksum: str = '') -> str:
         listed = []
@@ -2138,15 +2153,11 @@ class MultipartCopy:
         checksum = self.destination.checksum
         checksum_ok = False
         if checksum:
-            expected = checksum.object_value([(p.checksum, p.size) for p in parts])  # type: ignore[misc]
             reported = head.checksums.get(checksum.algorithm, '')
-            if reported and not Checksum.same(expected, reported):
-                raise VerifyError(f'destination {checksum.algorithm} {reported} differs from {expected} '
-                                  'computed from the parts')
-            checksum_ok = bool(reported)
-            if not reported:
-                logger.info('%s: the store reports no %s for the object; ETag and size checked',
-                            self.key, checksum.algorithm)
+            checksum_ok = bool(reported) and checksum.matches(reported, [(p.checksum, p.size) for p in parts])
+            if not checksum_ok:
+                logger.warning('%s: the store reports %s %r, which does not fit the parts\' checksums; '
+                               'ETag and size checked instead', self.key, checksum.algorithm, reported or None)
         source_crc = info.stamp.get('s3u-src-crc64nvme')
         if source_crc and head.checksums.get('CRC64NVME') == source_crc:
             return 'crc64nvme'            # the store's own CRC of what it holds equals the source's

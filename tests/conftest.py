@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 ADMIN_KEY, ADMIN_SECRET = 'SWADMINKEY0000000001', 'seaweed/admin/secret/key/0000000000000001'
 READONLY_KEY, READONLY_SECRET = 'SWREADONLYKEY0000002', 'seaweed/readonly/secret/key/00000000000002'
 SOURCE_KEY, SOURCE_SECRET = 'SWSOURCEKEY000000003', 'seaweed/source/secret/key/000000000000003'
+ISOLATED_KEY, ISOLATED_SECRET = 'SWISOLATEDKEY0000007', 'seaweed/isolated/secret/key/0000000000007'
+ISOLATED_BUCKET = 'isolated-dest'      # the only bucket the 'seaweed_isolated' profile may touch
 MOTO_KEY, MOTO_SECRET = 'MOTOACCESSKEY0000004', 'moto/secret/key/00000000000000000000004'
 RCLONE_KEY, RCLONE_SECRET = 'RCLONEACCESSKEY00005', 'rclone/secret/key/0000000000000000000005'
 
@@ -118,6 +120,8 @@ def start_seaweedfs(workdir: Path) -> S3Server:
          'actions': ['Read', 'List']},
         {'name': 'source', 'credentials': [{'accessKey': SOURCE_KEY, 'secretKey': SOURCE_SECRET}],
          'actions': ['Admin', 'Read', 'Write', 'List', 'Tagging']},
+        {'name': 'isolated', 'credentials': [{'accessKey': ISOLATED_KEY, 'secretKey': ISOLATED_SECRET}],
+         'actions': [f'{action}:{ISOLATED_BUCKET}' for action in ('Read', 'Write', 'List', 'Tagging')]},
     ]}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 's3.json').write_text(json.dumps(identities))
@@ -194,6 +198,18 @@ def any_server(request) -> S3Server:
     return request.getfixturevalue({'seaweedfs': 'seaweed', 'moto': 'moto', 'rclone': 'rclone'}[request.param])
 
 
+OSS_KEY, OSS_SECRET = 'OSSACCESSKEYID000006', 'oss/secret/key/000000000000000000006'
+
+
+@pytest.fixture(scope='session')
+def oss():
+    """An OSS-protocol server (tests/oss_server.py) for ALIOSS_TO_S3."""
+    from oss_server import OssServer
+    server = OssServer(OSS_KEY, OSS_SECRET).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope='session')
 def aws_files(workspace) -> Dict[str, str]:
     """A credentials file with a profile per server (and a few wrong ones), used by every tool run."""
@@ -201,7 +217,8 @@ def aws_files(workspace) -> Dict[str, str]:
     folder.mkdir(exist_ok=True)
     profiles = {
         'seaweed': (ADMIN_KEY, ADMIN_SECRET), 'seaweed_readonly': (READONLY_KEY, READONLY_SECRET),
-        'seaweed_source': (SOURCE_KEY, SOURCE_SECRET), 'moto': (MOTO_KEY, MOTO_SECRET),
+        'seaweed_source': (SOURCE_KEY, SOURCE_SECRET), 'seaweed_isolated': (ISOLATED_KEY, ISOLATED_SECRET),
+        'moto': (MOTO_KEY, MOTO_SECRET),
         'rclone': (RCLONE_KEY, RCLONE_SECRET), 'wrong_keys': ('WRONGACCESSKEY000000', 'wrong/secret/key/0000'),
     }
     credentials = folder / 'credentials'

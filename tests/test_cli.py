@@ -190,3 +190,32 @@ def test_no_connection_pool_warnings_at_high_concurrency(seaweed, tool, tmp_path
     assert 'Authorization' in run.stderr + logs          # botocore's DEBUG output really is there ...
     for secret in (seaweed.access_key, seaweed.secret_key):
         assert secret not in run.stderr and secret not in run.stdout and secret not in logs   # ... redacted
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'new.txt': b'new', 'same.txt': b'same', 'skip.tmp': b'x',
+                                        'big.bin': b'b' * (6 * 1024 * 1024)})
+    bucket = seaweed.bucket()
+    seaweed.client().put_object(Bucket=bucket, Key='same.txt', Body=b'SAME')
+    ignore = tmp_path / 'ignore.txt'
+    ignore.write_text('*.tmp\n')
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, IgnoreListFile=ignore, ChunkSize=5), '--dry-run')
+    assert run.code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert 'send     new.txt  3' in lines and 'send     big.bin  6291456' in lines
+    assert any(line.startswith('skip     same.txt') for line in lines)
+    assert any(line.startswith('exclude  skip.tmp') for line in lines)
+    assert lines[-1].startswith('dry run: 2 files to send (6.0 MiB), 1 to skip, 1 excluded, 0 failing')
+    assert bucket_contents(seaweed, bucket) == {'same.txt': b'SAME'}
+    assert unfinished_uploads(seaweed, bucket) == []
+    assert run.report['dry_run'] is True and run.report['files_transferred'] == 0
+
+
+def test_include_exclude_on_the_command_line(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'a.txt': b'a', 'b.log': b'b', 'logs/c.txt': b'c', 'logs/d.log': b'd'})
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src), '--exclude', '*', '--include', '*.txt',
+                   '--exclude', 'logs/*')
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'a.txt': b'a'}
+    assert run.report['files_excluded'] == 3 and run.report['files_total'] == 1

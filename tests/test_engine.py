@@ -214,3 +214,97 @@ def test_upload_dropped_mid_transfer_restarts_the_file(seaweed, tool, tmp_path):
     assert process.returncode == 0, err.decode()
     assert b'dropped the multipart upload' in err
     assert bucket_contents(seaweed, bucket) == {'gone.bin': data}
+
+
+def _s3_to_s3(src, src_bucket, dst, dst_bucket, **more):
+    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src.profile, 'SrcEndPointURL': src.endpoint,
+            'SrcBucket': src_bucket, 'DesProfileName': dst.profile, 'DesEndPointURL': dst.endpoint,
+            'DesBucket': dst_bucket, **more}
+
+
+@pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
+def test_server_side_copy_moves_no_bytes_through_the_machine(server_name, request, tool):
+    server = request.getfixturevalue(server_name)
+    src_bucket, dst_bucket = server.bucket('src'), server.bucket('dst')
+    objects = {'a.txt': b'small', 'zero': b'', 'big.bin': random_bytes(13 * MiB + 1, 20)}
+    client = server.client()
+    for key, data in objects.items():
+        client.put_object(Bucket=src_bucket, Key=key, Body=data)
+    run = tool.run(_s3_to_s3(server, src_bucket, server, dst_bucket, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert run.report['bytes_transferred'] == 0
+    assert run.report['bytes_copied_server_side'] == sum(map(len, objects.values()))
+    assert bucket_contents(server, dst_bucket) == objects
+    assert unfinished_uploads(server, dst_bucket) == []
+
+
+def test_server_side_copy_falls_back_when_the_store_copies_parts_wrong(rclone, tool):
+    """rclone serve s3 answers UploadPartCopy with empty parts: detected, and the object is streamed."""
+    src_bucket, dst_bucket = rclone.bucket('src'), rclone.bucket('dst')
+    objects = {'small.txt': b'small', 'big.bin': random_bytes(11 * MiB, 21)}
+    for key, data in objects.items():
+        rclone.client().put_object(Bucket=src_bucket, Key=key, Body=data)
+    run = tool.run(_s3_to_s3(rclone, src_bucket, rclone, dst_bucket, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert 'server-side copy is not possible here' in run.stderr
+    assert bucket_contents(rclone, dst_bucket) == objects
+    assert run.report['bytes_transferred'] >= 11 * MiB
+
+
+def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
+    """Destination credentials that may not read the source bucket: stream with the source's own."""
+    from conftest import ISOLATED_BUCKET
+    try:
+        seaweed.client().create_bucket(Bucket=ISOLATED_BUCKET)
+    except Exception:
+        pass
+    src_bucket = seaweed.bucket('src')
+    data = random_bytes(7 * MiB, 22)
+    seaweed.client().put_object(Bucket=src_bucket, Key='x.bin', Body=data)
+    prefix = f'run-{random_bytes(4, 23).hex()}'
+    settings = _s3_to_s3(seaweed, src_bucket, seaweed, ISOLATED_BUCKET, DesProfileName='seaweed_isolated',
+                         S3Prefix=prefix, SrcPrefix='', ChunkSize=5)
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert 'server-side copy is not possible here' in run.stderr
+    assert bucket_contents(seaweed, ISOLATED_BUCKET, prefix + '/') == {f'{prefix}/x.bin': data}
+    assert run.report['bytes_transferred'] == len(data)
+
+
+def test_compare_mode_identity_and_checksum(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'same.txt': b'aaaa', 'touched.txt': b'bbbb', 'sneaky.bin': random_bytes(11 * MiB, 24)})
+    bucket = seaweed.bucket()
+    base = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5)
+    assert tool.run(base).code == 0
+    # touched.txt: same size, new content and mtime. sneaky.bin: new content, same size, old mtime restored.
+    (src / 'touched.txt').write_bytes(b'BBBB')
+    stat = (src / 'sneaky.bin').stat()
+    sneaky = bytearray((src / 'sneaky.bin').read_bytes())
+    sneaky[6 * MiB] ^= 0xFF
+    (src / 'sneaky.bin').write_bytes(bytes(sneaky))
+    import os
+    os.utime(src / 'sneaky.bin', ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    size_run = tool.run(base)
+    assert size_run.report['files_skipped'] == 3           # size alone cannot tell
+    identity_run = tool.run({**base, 'CompareMode': 'identity'})
+    assert identity_run.code == 0
+    assert identity_run.report['files_transferred'] == 1 and identity_run.report['files_skipped'] == 2
+    assert bucket_contents(seaweed, bucket)['touched.txt'] == b'BBBB'
+    checksum_run = tool.run({**base, 'CompareMode': 'checksum'})
+    assert checksum_run.code == 0
+    assert checksum_run.report['files_transferred'] == 1 and checksum_run.report['files_skipped'] == 2
+    assert bucket_contents(seaweed, bucket)['sneaky.bin'] == bytes(sneaky)
+    assert tool.run({**base, 'CompareMode': 'checksum'}).report['files_skipped'] == 3
+
+
+def test_compare_mode_identity_for_s3_sources(moto, seaweed, tool):
+    src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
+    client = moto.client()
+    client.put_object(Bucket=src_bucket, Key='k', Body=b'1111')
+    settings = _s3_to_s3(moto, src_bucket, seaweed, dst_bucket, CompareMode='identity')
+    assert tool.run(settings).code == 0
+    assert tool.run(settings).report['files_skipped'] == 1
+    client.put_object(Bucket=src_bucket, Key='k', Body=b'2222')     # same size, other ETag
+    run = tool.run(settings)
+    assert run.report['files_transferred'] == 1
+    assert bucket_contents(seaweed, dst_bucket) == {'k': b'2222'}

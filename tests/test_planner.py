@@ -101,3 +101,28 @@ def test_unsorted_destination_never_causes_a_false_skip(tmp_path, order):
     assert tasks['b'] == 'send' and tasks['d'] == 'send'
     skipped = {key for key, action in tasks.items() if action == 'skip'}
     assert skipped <= {'a', 'c'}      # only objects present with the same size may be skipped
+
+
+def test_filters_ignore_list_and_last_matching_rule_wins():
+    from s3_upload import Filters
+    filters = Filters(['bucket/exact_key.mp4', 'bucket/your_*', '*.jpg', '*/readme.md'],
+                      [('exclude', '*'), ('include', '*.txt'), ('exclude', 'tmp/*')])
+    assert filters.excluded('a/b.txt', 'bucket/a/b.txt') == ''
+    assert filters.excluded('tmp/b.txt', 'bucket/tmp/b.txt') == '--exclude tmp/*'
+    assert filters.excluded('x.bin', 'bucket/x.bin') == '--exclude *'
+    assert filters.excluded('deep/dir/p.jpg', 'bucket/deep/dir/p.jpg').startswith('ignore list')   # * matches /
+    assert filters.excluded('your_file.txt', 'bucket/your_file.txt') == 'ignore list: bucket/your_*'
+    assert filters.excluded('exact_key.mp4', 'bucket/exact_key.mp4').startswith('ignore list')
+    assert filters.excluded('docs/readme.md', 'bucket/docs/readme.md') == 'ignore list: */readme.md'
+    assert Filters([], [('include', '*.txt')]).excluded('x.bin', 'b/x.bin') == ''   # include alone keeps all
+
+
+def test_ignore_list_file_comments_and_errors(tmp_path):
+    from s3_upload import Config, ConfigError, Filters
+    path = tmp_path / 'ignore.txt'
+    path.write_text('# comment\n\n*.tmp\n  */cache/*  \n', encoding='utf-8')
+    config = Config.from_settings({'DesBucket': 'b', 'SrcDir': '/x', 'IgnoreListFile': str(path)})
+    assert Filters.from_config(config).ignore == ['*.tmp', '*/cache/*']
+    missing = Config.from_settings({'DesBucket': 'b', 'SrcDir': '/x', 'IgnoreListFile': str(tmp_path / 'no')})
+    with pytest.raises(ConfigError, match='IgnoreListFile'):
+        Filters.from_config(missing)
