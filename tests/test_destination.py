@@ -167,3 +167,25 @@ def test_addressing_style(seaweed, tool, tmp_path):
     bucket = seaweed.bucket()
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, AddressingStyle='path'))
     assert run.code == 0 and bucket_contents(seaweed, bucket) == {'f': b'1'}
+
+
+def test_china_regions_resolve_to_the_aws_cn_partition(monkeypatch):
+    import s3_upload
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'AKIACHINATEST0000000')
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'china/test/secret/0000000000000000000000')
+    for region in ('cn-north-1', 'cn-northwest-1'):
+        client = s3_upload.make_client('', None, region, 2)
+        assert client.meta.partition == 'aws-cn'
+        assert client.meta.endpoint_url == f'https://s3.{region}.amazonaws.com.cn'
+    assert s3_upload.make_client('', None, 'us-west-2', 2).meta.partition == 'aws'
+
+
+def test_sse_kms_with_key_id(moto, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'k.txt': b'kms', 'm.bin': random_bytes(6 * MiB, 9)})
+    bucket = moto.bucket()
+    key_id = 'arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555'
+    run = tool.run(dest_settings(moto, bucket, SrcDir=src, ChunkSize=5, SSE='aws:kms', SSEKMSKeyId=key_id))
+    assert run.code == 0, run.stderr
+    for key in ('k.txt', 'm.bin'):
+        head = moto.client().head_object(Bucket=bucket, Key=key)
+        assert head['ServerSideEncryption'] == 'aws:kms' and head['SSEKMSKeyId'] == key_id
