@@ -202,6 +202,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'LogDir', 'log', _text, 'folder for log files and the resume journal'),
     Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'), 'upper bound on upload rate in MiB/s (0 = none)'),
     Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
+    Option('Advanced', 'RequestTimeout', '60', _int_range(1, 3600, ' of seconds'), 'seconds without a byte from the server before a request is retried'),
     Option('Advanced', 'ListPageSize', '1000', _int_range(1, 1000), 'keys, uploads or parts asked for per list request'),
     Option('Advanced', 'ServerSideCopy', 'auto', _choice('auto', 'never'), 'auto: S3_TO_S3 on one endpoint copies inside S3 (CopyObject / UploadPartCopy), falling back to streaming'),
     Option('Advanced', 'CompareMode', 'size', _choice('size', 'identity', 'checksum'), 'when an object at the destination counts as done: same size | same source identity stamp | same content checksum'),
@@ -257,6 +258,7 @@ class Config:
     LogDir: str
     BandwidthLimit: float
     RetryMode: str
+    RequestTimeout: int
     ListPageSize: int
     ali_SrcBucket: str
     ali_access_key_id: str
@@ -460,7 +462,7 @@ def _path_style_host(endpoint: str) -> bool:
 
 def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int, role: str = 'destination',
                 retry_mode: str = 'standard', addressing: str = 'auto', signature: str = 's3v4',
-                verify_tls: bool = True) -> Any:
+                verify_tls: bool = True, timeout: int = 60) -> Any:
     """A thread-safe S3 client for one profile + endpoint, sized for the transfer's concurrency."""
     import boto3
     import botocore.config
@@ -491,8 +493,8 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     options: Dict[str, Any] = dict(
         max_pool_connections=pool_size,
         retries={'mode': retry_mode, 'max_attempts': 3},
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=min(10, timeout),
+        read_timeout=timeout,
         tcp_keepalive=True,
         user_agent_extra=f's3_upload/{__version__}',
         s3={'addressing_style': addressing},
@@ -521,7 +523,7 @@ def client_for(config: Config, side: str, pool_size: int) -> Any:
     return make_client(getattr(config, f'{side}ProfileName'), getattr(config, f'{side}EndPointURL'),
                        getattr(config, f'{side}Region'), pool_size,
                        'source' if side == 'Src' else 'destination', config.RetryMode,
-                       config.AddressingStyle, config.SignatureVersion, config.VerifyTLS)
+                       config.AddressingStyle, config.SignatureVersion, config.VerifyTLS, config.RequestTimeout)
 
 
 def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None) -> None:
@@ -1333,6 +1335,8 @@ class Destination:
                               f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}') from None
         try:
             self.abort(probe, upload_id)
+            for leftover in self.uploads_for(probe):     # write checks of runs killed mid-check
+                self.abort(probe, leftover.upload_id)
         except botocore.exceptions.ClientError as error:
             logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
 
@@ -1875,7 +1879,7 @@ class FileTransfer:
 
     def _put(self) -> str:
         obj, key, destination = self.task.source, self.task.key, self.destination
-        data, info = self.source.fetch(obj)
+        data, info = self.retry(f'read {key}', self.source.fetch, obj)
         if self.source.changed(obj):
             raise SourceChanged('file changed while being read')
         if info.whole and info.whole.compute(data) != info.whole.expected:
@@ -1901,7 +1905,7 @@ class FileTransfer:
     def _copy_object(self) -> str:
         """CopyObject inside the store: no bytes through this machine."""
         obj, key, destination = self.task.source, self.task.key, self.destination
-        info = self.source.info(obj)
+        info = self.retry(f'HeadObject (source) {key}', self.source.info, obj)
         args = destination.object_args(info, self.stamp(0))
         try:
             etag = self.retry(f'CopyObject {key}', destination.copy_object, key, self.source.copy_source(obj),
@@ -1934,7 +1938,7 @@ class FileTransfer:
             return unstamped and 's3u-src-etag' in stamp and clean_etag(head.etag) == stamp['s3u-src-etag']
         if isinstance(self.source, LocalSource):
             return self._same_local_content(head)
-        info = self.source.info(obj)
+        info = self.retry(f'HeadObject (source) {key}', self.source.info, obj)
         for name in ('s3u-src-crc64nvme', 's3u-src-crc64ecma'):
             if name in info.stamp and info.stamp[name] in (head.metadata.get(name),
                                                              head.checksums.get('CRC64NVME')):
@@ -1987,7 +1991,7 @@ class MultipartCopy:
         self.whole: Optional[WholeChecksum] = None
 
     def run(self) -> str:
-        info = self.source.info(self.obj)
+        info = self.retry(f'HeadObject (source) {self.key}', self.source.info, self.obj)
         self.whole = None if self.server_side else info.whole
         planned = part_size_for(self.obj.size, self.config.chunk_bytes)
         upload_id, part_size, kept = self._resume_or_start(planned, info)
@@ -2007,6 +2011,9 @@ class MultipartCopy:
         try:
             for part in self.engine.run_parts(send, upload_id, part_size, missing):
                 done[part.number] = part
+        except SourceGone as gone:
+            self._discard(upload_id, f'it can never be completed: {gone}')
+            raise
         except Exception as error:  # noqa: BLE001
             if error_code(error) == 'NoSuchUpload':
                 self.engine.journal.forget(upload_id)
@@ -2080,11 +2087,14 @@ class MultipartCopy:
         if expected is None:
             return False
         offset, length = part_range(part.number, self.obj.size, part_size)
-        return md5_of(self.source.read(self.obj, offset, length)) == expected
+        return md5_of(self._read(part.number, offset, length)) == expected
+
+    def _read(self, number: int, offset: int, length: int) -> bytes:
+        return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)
 
     def _send_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
-        data = self.source.read(self.obj, offset, length)
+        data = self._read(number, offset, length)
         md5 = md5_of(data)
         checksum = self.destination.checksum.of(data) if self.destination.checksum else None
         crc = self.whole.compute(data) if self.whole else None
@@ -2116,7 +2126,7 @@ class MultipartCopy:
         for part in parts:
             if part.checksum is None:
                 offset, length = part_range(part.number, self.obj.size, part_size)
-                part.checksum = self.destination.checksum.of(self.source.read(self.obj, offset, length))
+                part.checksum = self.destination.checksum.of(self._read(part.number, offset, length))
 
     def _check_end_to_end(self, parts: List[PartDone], upload_id: str) -> bool:
         """Compare the source's own whole-object CRC with the bytes we read, before completing."""
@@ -2668,9 +2678,19 @@ def fail_input(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+STOP_GRACE_SECONDS = 10
+
+
 def install_signal_handlers(stop: threading.Event) -> Dict[str, int]:
-    """First Ctrl-C / SIGTERM: stop scheduling, let in-flight parts finish. Second: exit at once."""
+    """First Ctrl-C / SIGTERM: stop scheduling, let in-flight parts finish for a few seconds, then exit
+    anyway (everything stays resumable). Second: exit at once."""
     outcome = {'code': 0}
+
+    def give_up(code: int) -> None:
+        print(f'\nin-flight parts did not finish within {STOP_GRACE_SECONDS}s: exiting; run again to resume',
+              file=sys.stderr)
+        logging.shutdown()
+        os._exit(code)
 
     def handler(signum: int, _frame: Any) -> None:
         code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
@@ -2678,6 +2698,9 @@ def install_signal_handlers(stop: threading.Event) -> Dict[str, int]:
             os._exit(code)
         outcome['code'] = code
         stop.set()
+        timer = threading.Timer(STOP_GRACE_SECONDS, give_up, (code,))
+        timer.daemon = True
+        timer.start()
         print('\nstopping: finishing the parts in flight (press Ctrl-C again to quit at once)...',
               file=sys.stderr)
 

@@ -36,6 +36,7 @@ ISOLATED_KEY, ISOLATED_SECRET = 'SWISOLATEDKEY0000007', 'seaweed/isolated/secret
 ISOLATED_BUCKET = 'isolated-dest'      # the only bucket the 'seaweed_isolated' profile may touch
 MOTO_KEY, MOTO_SECRET = 'MOTOACCESSKEY0000004', 'moto/secret/key/00000000000000000000004'
 RCLONE_KEY, RCLONE_SECRET = 'RCLONEACCESSKEY00005', 'rclone/secret/key/0000000000000000000005'
+SESSION_TOKEN = 'FwoGZXIvYXdzEXAMPLESESSIONTOKEN0000000000000000000000000000000000000008'
 
 
 def free_port(exclude: tuple = ()) -> int:
@@ -135,7 +136,9 @@ def start_seaweedfs(workdir: Path) -> S3Server:
                f'-s3.port={ports[0]}', f'-master.port={ports[1]}', f'-volume.port={ports[2]}',
                f'-filer.port={ports[3]}', f'-admin.port={ports[4]}', '-webdav=false', '-admin.ui=false',
                '-s3.port.iceberg=0', '-s3.port.lance=0', '-master.telemetry=false',
-               '-master.telemetry.url=http://127.0.0.1:9/', f'-s3.config={workdir / "s3.json"}']
+               '-master.telemetry.url=http://127.0.0.1:9/', f'-s3.config={workdir / "s3.json"}',
+               # every bucket is a collection with volumes of its own: allow many small ones
+               '-volume.max=2000', '-master.volumeSizeLimitMB=32']
     (workdir / 'data').mkdir(exist_ok=True)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ADMIN_KEY, AWS_SECRET_ACCESS_KEY=ADMIN_SECRET)
     process = subprocess.Popen(command, stdout=log.open('wb'), stderr=subprocess.STDOUT, env=env,
@@ -223,7 +226,9 @@ def aws_files(workspace) -> Dict[str, str]:
     }
     credentials = folder / 'credentials'
     credentials.write_text(''.join(f'[{name}]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n\n'
-                                   for name, (key, secret) in profiles.items()))
+                                   for name, (key, secret) in profiles.items()) +
+                           f'[moto_token]\naws_access_key_id = {MOTO_KEY}\naws_secret_access_key = {MOTO_SECRET}\n'
+                           f'aws_session_token = {SESSION_TOKEN}\n')
     config = folder / 'config'
     config.write_text('[default]\nregion = us-east-1\n')
     return {'AWS_SHARED_CREDENTIALS_FILE': str(credentials), 'AWS_CONFIG_FILE': str(config)}

@@ -219,3 +219,122 @@ def test_include_exclude_on_the_command_line(seaweed, tool, tmp_path):
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == {'a.txt': b'a'}
     assert run.report['files_excluded'] == 3 and run.report['files_total'] == 1
+
+
+@pytest.mark.parametrize('level', ['DEBUG', 'INFO', 'WARNING', 'ERROR'])
+def test_secrets_never_appear_in_any_output(level, moto, tool, tmp_path):
+    from conftest import MOTO_KEY, MOTO_SECRET, SESSION_TOKEN, random_bytes
+    src = write_tree(tmp_path / 'src', {'a.txt': b'a', 'b.bin': random_bytes(6 * 1024 * 1024, 40)})
+    bucket = moto.bucket()
+    settings = dest_settings(moto, bucket, SrcDir=src, ChunkSize=5, LoggingLevel=level, DesProfileName='moto_token')
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr[-2000:]
+    failing = tool.run({**settings, 'DesBucket': 'no-such-bucket'})          # an error path too
+    assert failing.code == 2
+    logs = ''.join(path.read_text(errors='replace') for path in (tool.folder / 'log').glob('*'))
+    reports = ''.join(path.read_text() for path in tool.folder.glob('report*.json'))
+    everything = run.stdout + run.stderr + failing.stdout + failing.stderr + logs + reports
+    for secret in (MOTO_KEY, MOTO_SECRET, SESSION_TOKEN):
+        assert secret not in everything
+    if level == 'DEBUG':
+        assert 'x-amz-security-token' in everything.lower()     # the token header was logged, redacted
+
+
+def test_log_files_are_private(seaweed, tool, tmp_path):
+    import stat
+    src = write_tree(tmp_path / 'src', {'a': b'a'})
+    assert tool.run(dest_settings(seaweed, seaweed.bucket(), SrcDir=src)).code == 0
+    for path in (tool.folder / 'log').iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_tls_is_verified_unless_turned_off_with_a_warning(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'a': b'a'})
+    https = seaweed.endpoint.replace('http://', 'https://')       # a plain-HTTP port spoken to with TLS
+    run = tool.run(dest_settings(seaweed, seaweed.bucket(), SrcDir=src, DesEndPointURL=https))
+    assert run.code == 2 and 'TLS error' in one_error_line(run)
+    off = tool.run(dest_settings(seaweed, seaweed.bucket(), SrcDir=src, VerifyTLS=False))
+    assert off.code == 0 and 'TLS certificate verification is OFF' in off.stderr
+
+
+def test_stop_waits_a_few_seconds_for_stuck_parts_then_exits_resumable(seaweed, tool, tmp_path):
+    import signal
+    import time
+    from conftest import random_bytes, wait_for_parts
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        data = random_bytes(16 * 1024 * 1024, 41)
+        src = write_tree(tmp_path / 'src', {'stuck.bin': data})
+        bucket = seaweed.bucket()
+        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, RequestTimeout=300,
+                                 DesEndPointURL=proxy.endpoint)
+        proxy.add('stall', 'PUT', r'partNumber=2', seconds=60)
+        process = tool.start(settings)
+        assert wait_for_parts(seaweed, bucket, 'stuck.bin', 2)        # part 2 is stored, its answer stalls
+        started = time.time()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=40)
+        assert process.returncode == 130, err.decode()
+        assert time.time() - started < 25
+        assert b'did not finish within' in err
+        proxy.clear()
+        run = tool.run({**settings, 'RequestTimeout': 60})
+        assert run.code == 0 and run.report['parts_resumed'] >= 2
+        assert bucket_contents(seaweed, bucket) == {'stuck.bin': data}
+    finally:
+        proxy.stop()
+
+
+def test_second_ctrl_c_exits_at_once(seaweed, tool, tmp_path):
+    import signal
+    import time
+    from conftest import random_bytes, wait_for_parts
+    src = write_tree(tmp_path / 'src', {'s.bin': random_bytes(30 * 1024 * 1024, 42)})
+    bucket = seaweed.bucket()
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=2))
+    assert wait_for_parts(seaweed, bucket, 's.bin', 1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    started = time.time()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=10)
+    assert process.returncode == 130 and time.time() - started < 3
+
+
+HOSTILE = {
+    # name: (settings change, files, expected exit code, text expected on stderr)
+    'config path is a folder': ({'__config__': 'folder'}, {}, 2, 'cannot read config file'),
+    'unknown key warns with did-you-mean': ({'MaxThreads': '4'}, {'a': b'a'}, 0, 'did you mean MaxThread?'),
+    'negative threads': ({'MaxThread': '-2'}, {}, 2, 'MaxThread'),
+    'MaxThread 10000': ({'MaxThread': '10000'}, {}, 2, 'from 1 to 256'),
+    'ChunkSize 0': ({'ChunkSize': '0'}, {}, 2, 'ChunkSize'),
+    'unknown StorageClass': ({'StorageClass': 'FROZEN'}, {}, 2, 'StorageClass'),
+    'unknown JobType': ({'JobType': 'FTP_TO_S3'}, {}, 2, 'JobType'),
+    'access denied listing': ({'DesProfileName': 'seaweed_isolated'}, {}, 2, 'access denied listing'),
+    'empty source folder': ({}, {}, 0, '0 transferred, 0 skipped, 0 failed of 0 files'),
+    'symbolic link loop': ({'__loop__': True}, {'d/f': b'f'}, 0, 'symbolic link loop'),
+}
+
+
+@pytest.mark.parametrize('case', list(HOSTILE))
+def test_hostile_input(case, seaweed, tool, tmp_path):
+    change, files, code, text = HOSTILE[case]
+    src = write_tree(tmp_path / 'src', files)
+    src.mkdir(exist_ok=True)
+    if change.pop('__loop__', False):
+        (src / 'd' / 'back').symlink_to(src)
+    bucket = seaweed.bucket()
+    settings = dest_settings(seaweed, bucket, SrcDir=src)
+    if change.pop('__config__', None):
+        done = subprocess.run([sys.executable, str(TOOL), '--nogui', '--config', str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, env=tool.env)
+        assert done.returncode == 2 and text in done.stderr and 'Traceback' not in done.stderr
+        return
+    settings.update(change)
+    run = tool.run(settings)
+    assert run.code == code, run.stderr
+    assert text in run.stderr and 'Traceback' not in run.stderr
+    if code == 2:
+        one_error_line(run)
+        assert bucket_contents(seaweed, bucket) == {}

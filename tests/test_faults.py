@@ -1,0 +1,190 @@
+"""Reliability of the engine: network faults through a fault-injecting proxy, kill -9 at random moments,
+sources that change or vanish mid-copy. Nothing may ever be lost or corrupted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from conftest import bucket_contents, dest_settings, random_bytes, unfinished_uploads, wait_for_parts, write_tree
+from fault_proxy import FaultProxy
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def proxy(seaweed):
+    fault_proxy = FaultProxy(seaweed.endpoint)
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def proxied(server, proxy, bucket, **more):
+    settings = dest_settings(server, bucket, **more)
+    settings['DesEndPointURL'] = proxy.endpoint
+    return settings
+
+
+FILES = {'small.txt': b'small object body', 'empty': b'', 'multi.bin': random_bytes(16 * MiB + 3, 30)}
+
+# (action, method, target regex, options)
+RECOVERABLE = {
+    'reset mid-request (UploadPart)': ('reset_request', 'PUT', r'partNumber=2', {}),
+    'reset mid-request (PutObject)': ('reset_request', 'PUT', r'/small\.txt$', {}),
+    'reset mid-response (listing)': ('reset_response', 'GET', r'list-type=2.*max-keys=1000', {}),
+    'stall (UploadPart)': ('stall', 'PUT', r'partNumber=3', {'seconds': 5}),
+    'truncated response (listing)': ('truncate', 'GET', r'list-type=2.*max-keys=1000', {}),
+    '500 InternalError': ('status', 'PUT', r'partNumber=', {'status': 500, 'code': 'InternalError', 'times': 3}),
+    '503 SlowDown throttling': ('status', None, r'/multi\.bin|/small', {'status': 503, 'code': 'SlowDown', 'times': 12}),
+    '400 RequestTimeout': ('status', 'PUT', r'partNumber=', {'status': 400, 'code': 'RequestTimeout', 'times': 2}),
+    'corrupted part body': ('corrupt', 'PUT', r'partNumber=1', {'times': 2}),
+    'corrupted PutObject body': ('corrupt', 'PUT', r'/small\.txt$', {}),
+    '500 on CompleteMultipartUpload': ('status', 'POST', r'uploadId=', {'status': 500, 'code': 'InternalError'}),
+}
+
+
+@pytest.mark.parametrize('fault', list(RECOVERABLE))
+def test_transfer_completes_through_network_faults(fault, seaweed, proxy, tool, tmp_path):
+    action, method, match, options = RECOVERABLE[fault]
+    rule = proxy.add(action, method, match, **options)
+    src = write_tree(tmp_path / 'src', FILES)
+    bucket = seaweed.bucket()
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, RequestTimeout=2, MaxRetry=8))
+    assert rule.hits >= 1, f'the fault never fired: {proxy.log}'
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == FILES
+    assert unfinished_uploads(seaweed, bucket) == []
+    if action == 'corrupt':
+        assert 'BadDigest' in run.stderr           # rejected by Content-MD5, then sent again
+
+
+def test_reset_mid_response_of_a_source_read(seaweed, moto, tool):
+    """S3_TO_S3: the ranged GET of a part breaks off half-way; the part is read again."""
+    fault_proxy = FaultProxy(seaweed.endpoint)
+    try:
+        src_bucket, dst_bucket = seaweed.bucket('src'), moto.bucket()
+        data = random_bytes(11 * MiB, 31)
+        seaweed.client().put_object(Bucket=src_bucket, Key='big.bin', Body=data)
+        seaweed.client().put_object(Bucket=src_bucket, Key='small', Body=b'x' * 1000)
+        rules = [fault_proxy.add('reset_response', 'GET', rf'/{src_bucket}/big\.bin', times=2),
+                 fault_proxy.add('truncate', 'GET', rf'/{src_bucket}/small', times=1)]
+        run = tool.run({'JobType': 'S3_TO_S3', 'SrcProfileName': seaweed.profile,
+                        'SrcEndPointURL': fault_proxy.endpoint, 'SrcBucket': src_bucket,
+                        'DesProfileName': moto.profile, 'DesEndPointURL': moto.endpoint, 'DesBucket': dst_bucket,
+                        'ChunkSize': 5, 'MaxRetry': 5})
+        assert all(rule.hits for rule in rules)
+        assert run.code == 0, run.stderr
+        assert bucket_contents(moto, dst_bucket) == {'big.bin': data, 'small': b'x' * 1000}
+    finally:
+        fault_proxy.stop()
+
+
+PERMANENT = {
+    '403 AccessDenied on UploadPart': ('PUT', r'partNumber=', 403, 'AccessDenied', 'AccessDenied'),
+    '404 NoSuchBucket on PutObject': ('PUT', r'/small\.txt$', 404, 'NoSuchBucket', 'NoSuchBucket'),
+    '403 InvalidAccessKeyId on PutObject': ('PUT', r'/small\.txt$', 403, 'InvalidAccessKeyId', 'InvalidAccessKeyId'),
+}
+
+
+@pytest.mark.parametrize('fault', list(PERMANENT))
+def test_permanent_errors_fail_fast_with_a_clear_message(fault, seaweed, proxy, tool, tmp_path):
+    method, match, status, code, message = PERMANENT[fault]
+    rule = proxy.add('status', method, match, times=-1, status=status, code=code)
+    src = write_tree(tmp_path / 'src', FILES)
+    bucket = seaweed.bucket()
+    threads = 3
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads, MaxRetry=20))
+    assert run.code == 1, run.stderr
+    assert rule.hits <= threads, 'a permanent error must not be retried'
+    failed = {f['key']: f['error'] for f in run.report['failures']}
+    assert len(failed) == 1 and message in next(iter(failed.values()))
+    others = {k: v for k, v in FILES.items() if k not in failed}
+    assert {k: v for k, v in bucket_contents(seaweed, bucket).items()} == others
+
+
+def test_expired_token_before_any_transfer_exits_2(seaweed, proxy, tool, tmp_path):
+    proxy.add('status', 'GET', r'list-type=2', times=-1, status=400, code='ExpiredToken')
+    src = write_tree(tmp_path / 'src', FILES)
+    run = tool.run(proxied(seaweed, proxy, seaweed.bucket(), SrcDir=src))
+    assert run.code == 2 and 'credentials rejected' in run.stderr and 'ExpiredToken' in run.stderr
+
+
+def test_crash_at_any_instant(seaweed, proxy, tool, tmp_path):
+    """20 SIGKILLs at seeded random moments; then every object is whole and little was sent twice."""
+    rng = random.Random(20261125)
+    files = {f'small/{i:03d}.dat': rng.randbytes(rng.randint(1, 20_000)) for i in range(240)}
+    files.update({f'zero/{i}.dat': b'' for i in range(12)})
+    files.update({f'big/{i}.bin': rng.randbytes(rng.randint(11 * MiB, 16 * MiB)) for i in range(8)})
+    src = write_tree(tmp_path / 'src', files)
+    bucket = seaweed.bucket()
+    files_in_flight, threads, part = 4, 2, 5 * MiB
+    settings = proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads,
+                       MaxParallelFile=files_in_flight, BandwidthLimit=3, RequestTimeout=5)
+    restarts = 0
+    for _ in range(20):
+        process = tool.start(settings)
+        time.sleep(rng.uniform(0.2, 1.2))
+        if process.poll() is not None:
+            break                      # finished before the kill
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        restarts += 1
+    final = tool.run(settings)
+    assert final.code == 0, final.stderr
+    assert restarts == 20, f'only {restarts} kills landed mid-job'
+    assert bucket_contents(seaweed, bucket) == files
+    assert unfinished_uploads(seaweed, bucket) == []
+    resent = proxy.upload_bytes - sum(map(len, files.values()))
+    bound = restarts * files_in_flight * threads * part
+    print(f'{restarts} kills: {resent} bytes sent twice (bound {bound})')
+    assert 0 <= resent < bound
+
+
+def test_local_file_modified_during_upload_is_redone(seaweed, tool, tmp_path):
+    data = random_bytes(30 * MiB, 32)
+    src = write_tree(tmp_path / 'src', {'live.bin': data})
+    bucket = seaweed.bucket()
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=10))
+    assert wait_for_parts(seaweed, bucket, 'live.bin', 2)
+    changed = random_bytes(30 * MiB, 33)
+    (src / 'live.bin').write_bytes(changed)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert b'starting this file again' in err
+    assert bucket_contents(seaweed, bucket) == {'live.bin': changed}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_local_file_truncated_during_upload_is_redone(seaweed, tool, tmp_path):
+    data = random_bytes(30 * MiB, 34)
+    src = write_tree(tmp_path / 'src', {'shrinks.bin': data})
+    bucket = seaweed.bucket()
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=10))
+    assert wait_for_parts(seaweed, bucket, 'shrinks.bin', 2)
+    os.truncate(src / 'shrinks.bin', 12 * MiB)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert bucket_contents(seaweed, bucket) == {'shrinks.bin': data[:12 * MiB]}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_s3_source_deleted_mid_copy_fails_that_key(moto, seaweed, tool):
+    src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
+    client = moto.client()
+    client.put_object(Bucket=src_bucket, Key='doomed.bin', Body=random_bytes(30 * MiB, 35))
+    client.put_object(Bucket=src_bucket, Key='fine.txt', Body=b'fine')
+    process = tool.start({'JobType': 'S3_TO_S3', 'SrcProfileName': moto.profile, 'SrcEndPointURL': moto.endpoint,
+                          'SrcBucket': src_bucket, 'DesProfileName': seaweed.profile,
+                          'DesEndPointURL': seaweed.endpoint, 'DesBucket': dst_bucket, 'ChunkSize': 5,
+                          'MaxThread': 1, 'BandwidthLimit': 10})
+    assert wait_for_parts(seaweed, dst_bucket, 'doomed.bin', 1)
+    client.delete_object(Bucket=src_bucket, Key='doomed.bin')
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err.decode()
+    assert b'FAILED doomed.bin: source object was deleted' in err
+    assert bucket_contents(seaweed, dst_bucket) == {'fine.txt': b'fine'}
+    assert unfinished_uploads(seaweed, dst_bucket) == []
