@@ -44,6 +44,7 @@ __license__ = 'MIT-0'
 import argparse
 import base64
 import configparser
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
@@ -190,10 +191,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _text, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
     Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _text, 'OSS AccessKey secret (better: env OSS_ACCESS_KEY_SECRET)'),
     Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _text, 'OSS endpoint host, or a full http(s):// URL'),
-    Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
+    Option('Advanced', 'ChunkSize', '16', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
-    Option('Advanced', 'MaxThread', '6', _int_range(1, 256), 'parts in flight per file'),
-    Option('Advanced', 'MaxParallelFile', '8', _int_range(1, 256), 'files in flight'),
+    Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
+    Option('Advanced', 'MaxParallelFile', '32', _int_range(1, 256), 'files in flight'),
+    Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -250,6 +252,7 @@ class Config:
     MaxRetry: int
     MaxThread: int
     MaxParallelFile: int
+    MemoryLimit: int
     StorageClass: str
     ifVerifyMD5: bool
     DontAskMeToClean: bool
@@ -496,8 +499,12 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
         connect_timeout=min(10, timeout),
         read_timeout=timeout,
         tcp_keepalive=True,
-        user_agent_extra=f's3_upload/{__version__}',
-        s3={'addressing_style': addressing},
+        # A fixed User-Agent: botocore otherwise rebuilds and sanitises it on every request.
+        user_agent=f's3_upload/{__version__} botocore/{botocore.__version__} Python/{sys.version.split()[0]}',
+        parameter_validation=False,     # our requests are built by code, not typed by a user
+        # Every upload carries Content-MD5, a signed header: the body is bound to the signature by its
+        # MD5, so a second pass over the data (SHA-256 of the payload) buys nothing, even over http.
+        s3={'addressing_style': addressing, 'payload_signing_enabled': False},
         signature_version=signature,
     )
     if endpoint:
@@ -515,7 +522,38 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     # No "Expect: 100-continue": it costs a round trip per part on long links, and servers that
     # answer it late make the response unparseable (seen with SeaweedFS).
     client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
+    # Bodies stay bytes (not wrapped in BytesIO): urllib3 then sends a part with one sendall()
+    # instead of thousands of 16 KiB writes.
+    for operation in ('PutObject', 'UploadPart'):
+        client.meta.events.unregister(f'before-parameter-build.s3.{operation}',
+                                      botocore.handlers.convert_body_to_file_like_object)
+    _cache_endpoint_rules(client, session)
     return client
+
+
+def _cache_endpoint_rules(client: Any, session: Any) -> None:
+    """Let botocore's endpoint cache work for S3: its rule set declares Key and Prefix as parameters but
+    never reads them, so every new key missed the cache and re-ran the whole rule set (a sixth of the
+    CPU of a small-file PUT). Parameters the loaded rules never reference are left out; same endpoint."""
+    resolver = getattr(client, '_ruleset_resolver', None)
+    original = getattr(resolver, '_get_provider_params', None)
+    if original is None:
+        return
+    try:
+        loader = session._session.get_component('data_loader')
+        rules = loader.load_service_model('s3', 'endpoint-rule-set-1', client.meta.service_model.api_version)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return
+    text = json.dumps(rules.get('rules', []))
+    unused = [name for name in ('Key', 'Prefix') if f'"ref": "{name}"' not in text]
+
+    def provider_params(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+        params = original(*args, **kwargs)
+        for name in unused:
+            params.pop(name, None)
+        return params
+
+    resolver._get_provider_params = provider_params
 
 
 def client_for(config: Config, side: str, pool_size: int) -> Any:
@@ -859,9 +897,7 @@ class LocalSource:
         problem = _key_problem(key)
         if problem:
             return SourceObject(printable(key), info.st_size, '', printable(path), problem)
-        if not os.access(path, os.R_OK):
-            problem = 'cannot read file: permission denied'
-        return SourceObject(key, info.st_size, str(info.st_mtime_ns), path, problem)
+        return SourceObject(key, info.st_size, str(info.st_mtime_ns), path)
 
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
         try:
@@ -881,7 +917,18 @@ class LocalSource:
         return Info({'ContentType': content_type} if content_type else {})
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
-        return self.read(obj, 0, obj.size), self.info(obj)
+        """The whole file, checked against its listed size and mtime on the same open handle."""
+        try:
+            with open(obj.location, 'rb') as handle:
+                data = handle.read(obj.size + 1)
+                now = os.fstat(handle.fileno())
+        except FileNotFoundError:
+            raise SourceGone('file vanished') from None
+        except OSError as error:
+            raise SourceGone(f'cannot read file: {error.strerror}') from None
+        if len(data) != obj.size or now.st_size != obj.size or str(now.st_mtime_ns) != obj.version:
+            raise SourceChanged('file changed since it was listed')
+        return data, self.info(obj)
 
     def current(self, obj: SourceObject) -> SourceObject:
         """The object as it is now (re-stat); raises SourceGone if it vanished."""
@@ -1303,6 +1350,8 @@ class Destination:
         self.page_size = page_size
         self.retry = retry
         self.payer = {'RequestPayer': 'requester'} if options.requester_pays else {}
+        self.index: Optional[Dict[str, List[Upload]]] = None    # unfinished uploads by key, when complete
+        self.index_lock = threading.Lock()
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -1377,9 +1426,44 @@ class Destination:
                 return
             seen.add((key_marker, upload_marker))
 
+    INDEX_LIMIT = 100_000
+
+    def load_upload_index(self) -> None:
+        """List every unfinished upload below the prefix once, so each file needs no listing of its own
+        (one request per run instead of one per multipart file; per-key listings if paging is broken)."""
+        index: Dict[str, List[Upload]] = {}
+        count = 0
+        key_marker, upload_marker = '', ''
+        while True:
+            args = {'Bucket': self.bucket, 'Prefix': self.prefix, 'MaxUploads': self.page_size, **self.payer}
+            if key_marker:
+                args.update(KeyMarker=key_marker, UploadIdMarker=upload_marker)
+            page = self.retry.call('ListMultipartUploads', self.client.list_multipart_uploads, **args) \
+                if self.retry else self.client.list_multipart_uploads(**args)
+            for item in page.get('Uploads', ()):
+                initiated = item.get('Initiated')
+                index.setdefault(item['Key'], []).append(
+                    Upload(item['Key'], item['UploadId'], initiated.timestamp() if initiated else 0.0))
+                count += 1
+            if not page.get('IsTruncated'):
+                break
+            next_markers = (page.get('NextKeyMarker') or '', page.get('NextUploadIdMarker') or '')
+            if not next_markers[0] or next_markers == (key_marker, upload_marker) or count > self.INDEX_LIMIT:
+                return        # cannot page on (or too many): ask per key instead
+            key_marker, upload_marker = next_markers
+        with self.index_lock:
+            self.index = index
+
+    def indexed_uploads(self, key: str) -> List[Upload]:
+        """Unfinished uploads of this key known from the index (no request; [] without an index)."""
+        with self.index_lock:
+            return list(self.index.get(key, ())) if self.index else []
+
     def uploads_for(self, key: str) -> List[Upload]:
         """Unfinished uploads of exactly this key (not 'key.bak'), newest first."""
-        found = [upload for upload in self.uploads(key) if upload.key == key]
+        with self.index_lock:
+            indexed = None if self.index is None else list(self.index.get(key, ()))
+        found = indexed if indexed is not None else [upload for upload in self.uploads(key) if upload.key == key]
         return sorted(found, key=lambda upload: upload.initiated, reverse=True)
 
     def parts(self, key: str, upload_id: str) -> List[Part]:
@@ -1463,6 +1547,13 @@ class Destination:
         except Exception as error:  # noqa: BLE001 - an upload that is already gone is fine
             if error_code(error) not in ('NoSuchUpload', '404'):
                 raise
+        self.forget_upload(key, upload_id)
+
+    def forget_upload(self, key: str, upload_id: str) -> None:
+        """An upload that was completed or aborted leaves the index."""
+        with self.index_lock:
+            if self.index is not None and key in self.index:
+                self.index[key] = [u for u in self.index[key] if u.upload_id != upload_id]
 
     def head(self, key: str) -> Optional[Head]:
         """Size, ETag, user metadata and additional checksums of an object; None when it does not exist."""
@@ -1802,6 +1893,32 @@ class RateLimiter:
             self.stop.wait(start - now)
 
 
+class MemoryBudget:
+    """File data held in memory at once (parts and small files in flight) stays under MemoryLimit."""
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit = limit
+        self.stop = stop
+        self.used = 0
+        self.condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(nbytes, self.limit)      # one part larger than the limit still goes, alone
+        with self.condition:
+            while self.used and self.used + nbytes > self.limit:
+                if self.stop.is_set():
+                    raise Stopped()
+                self.condition.wait(0.2)
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self.condition:
+                self.used -= nbytes
+                self.condition.notify_all()
+
+
 class ServerSideSwitch:
     """Whether server-side copy is used; turned off for the rest of the run at the first sign it cannot work."""
 
@@ -1842,7 +1959,8 @@ class FileTransfer:
                 try:
                     how = self._copy()
                     self.progress.verified(how)
-                    logger.info('done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
+                    logger.log(logging.INFO if task.source.size >= self.config.threshold_bytes else logging.DEBUG,
+                               'done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
                     return
                 except RestartFile as change:
                     if attempt == self.MAX_REDO:
@@ -1878,10 +1996,12 @@ class FileTransfer:
                 's3u-checksum': 'md5' + (f'+{checksum.algorithm.lower()}' if checksum else '')}
 
     def _put(self) -> str:
+        with self.engine.memory.hold(self.task.source.size):
+            return self._put_in_memory()
+
+    def _put_in_memory(self) -> str:
         obj, key, destination = self.task.source, self.task.key, self.destination
         data, info = self.retry(f'read {key}', self.source.fetch, obj)
-        if self.source.changed(obj):
-            raise SourceChanged('file changed while being read')
         if info.whole and info.whole.compute(data) != info.whole.expected:
             raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
         md5 = md5_of(data)
@@ -1891,6 +2011,9 @@ class FileTransfer:
         etag = self.retry(f'PutObject {key}', destination.put, key, data, md5, args, checksum)
         self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
         self.progress.file_advanced(key, len(data))
+        for upload in destination.indexed_uploads(key):      # an earlier, larger version's upload
+            self.retry(f'AbortMultipartUpload {key}', destination.abort, key, upload.upload_id)
+            self.engine.journal.forget(upload.upload_id)
         if info.whole:
             return info.whole.name          # source CRC matched the bytes, and Content-MD5 the upload
         if clean_etag(etag) == md5.hex():
@@ -2014,6 +2137,9 @@ class MultipartCopy:
         except SourceGone as gone:
             self._discard(upload_id, f'it can never be completed: {gone}')
             raise
+        except SourceChanged:
+            self._discard(upload_id, 'its parts belong to an earlier version of the source')
+            raise
         except Exception as error:  # noqa: BLE001
             if error_code(error) == 'NoSuchUpload':
                 self.engine.journal.forget(upload_id)
@@ -2029,6 +2155,7 @@ class MultipartCopy:
             if self.destination.checksum and self.destination.checksum.full_object else ''
         etag = self._complete(upload_id, parts, full)
         self.engine.journal.forget(upload_id)
+        self.destination.forget_upload(self.key, upload_id)
         return self._verify(etag, parts, info, end_to_end)
 
     def _resume_or_start(self, planned: int, info: Info) -> Tuple[str, int, Dict[int, Part]]:
@@ -2093,6 +2220,10 @@ class MultipartCopy:
         return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)
 
     def _send_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
+        with self.engine.memory.hold(part_size):
+            return self._send_part_in_memory(upload_id, part_size, number)
+
+    def _send_part_in_memory(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self._read(number, offset, length)
         md5 = md5_of(data)
@@ -2154,13 +2285,18 @@ class MultipartCopy:
             return head.etag
 
     def _verify(self, etag: str, parts: List[PartDone], info: Info, end_to_end: bool) -> str:
+        self._abort_leftovers()
+        checksum = self.destination.checksum
+        expected_etag = multipart_etag([p.md5 for p in parts if p.md5 is not None]) \
+            if all(p.md5 is not None for p in parts) else None
+        if expected_etag == clean_etag(etag) and not checksum and 's3u-src-crc64nvme' not in info.stamp:
+            # The store computed this ETag from the very parts (and sizes) we listed: no HEAD needed.
+            return self.whole.name if end_to_end and self.whole is not None else 'etag'
         head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
         if head is None:
             raise VerifyError('object missing at the destination after CompleteMultipartUpload')
         if head.size != self.obj.size:
             raise VerifyError(f'destination object has {head.size} bytes, source {self.obj.size}')
-        self._abort_leftovers()
-        checksum = self.destination.checksum
         checksum_ok = False
         if checksum:
             reported = head.checksums.get(checksum.algorithm, '')
@@ -2175,8 +2311,7 @@ class MultipartCopy:
             return self.whole.name
         if checksum_ok and checksum is not None:
             return checksum.algorithm.lower()
-        if all(part.md5 is not None for part in parts):
-            expected_etag = multipart_etag([part.md5 for part in parts if part.md5 is not None])
+        if expected_etag is not None:
             if expected_etag in (clean_etag(etag), clean_etag(head.etag)):
                 return 'etag'
             logger.warning('%s: ETag %s differs from %s computed from the parts; the store\'s ETags are not '
@@ -2194,7 +2329,8 @@ class MultipartCopy:
 
 
 class Engine:
-    """Runs the plan: MaxParallelFile files at once, MaxThread parts in flight per file."""
+    """Runs the plan: MaxParallelFile files at once, MaxThread parts in flight per file, and no more
+    file data in memory than MemoryLimit."""
 
     def __init__(self, config: Config, source: Any, destination: Destination, journal: ResumeJournal,
                  retrier: Retrier, progress: Optional[Progress] = None, filters: Optional[Filters] = None,
@@ -2209,7 +2345,8 @@ class Engine:
         self.filters = filters
         self.server_side = ServerSideSwitch(server_side)
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
-        self.part_pool = ThreadPoolExecutor(config.MaxParallelFile * config.MaxThread, 'part')
+        self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
+        self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
     def tasks(self) -> Iterator[Task]:
         return plan(self.source.objects(), self.destination, self.filters, self.source.match_name,
@@ -2319,6 +2456,12 @@ class Engine:
             raise error
         if queue:
             raise Stopped()
+
+
+def part_workers(config: Config) -> int:
+    """Threads sending parts: as many as parts may be in flight, and as MemoryLimit has room for."""
+    return max(config.MaxThread, min(config.MaxParallelFile * config.MaxThread,
+                                     config.MemoryLimit // config.ChunkSize))
 
 
 def human_bytes(count: float) -> str:
@@ -2556,7 +2699,7 @@ def setup_logging(config: Config, console: bool = True) -> str:
 def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Any, Destination, bool]:
     """Source and destination of a job, checked before anything is transferred, and whether the
     source can be copied server-side (same endpoint and partition)."""
-    pool = config.MaxParallelFile * (config.MaxThread + 1) + 4
+    pool = config.MaxParallelFile + part_workers(config) + 4
     des_client = client_for(config, 'Des', pool)
     destination = Destination(des_client, config.DesBucket, config.S3Prefix, WriteOptions.from_config(config),
                               config.ListPageSize, retrier)
@@ -2604,6 +2747,8 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         offer_clean(config, destination, source)
     os.makedirs(config.LogDir, exist_ok=True)
     journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
+    if not dry_run:
+        destination.load_upload_index()
     engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
     logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
                 config.JobType, source.describe(), destination.describe(), config.ChunkSize,
