@@ -194,7 +194,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ChunkSize', '16', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
-    Option('Advanced', 'MaxParallelFile', '32', _int_range(1, 256), 'files in flight'),
+    Option('Advanced', 'MaxParallelFile', '64', _int_range(1, 256), 'files in flight'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
