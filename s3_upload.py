@@ -322,39 +322,7 @@ class Config:
     @classmethod
     def load(cls, path: str, overrides: Optional[Dict[str, str]] = None) -> 'Config':
         """Read an ini file (keys case-insensitive, sections optional) plus KEY=VALUE overrides."""
-        try:
-            with open(path, 'rb') as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            raise ConfigError(f'config file not found: {path}: pass --config PATH or copy '
-                              's3_upload_config.ini beside the script') from None
-        except OSError as error:
-            raise ConfigError(f'cannot read config file {path}: {error.strerror}: check its permissions') from None
-        try:
-            text = data.decode('utf-8-sig')
-        except UnicodeDecodeError as error:
-            raise ConfigError(f'config file {path} is not UTF-8 text (byte {error.start}): '
-                              'save it as UTF-8') from None
-        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'),
-                                           strict=True)
-        try:
-            parser.read_string(text, source=path)
-        except configparser.Error as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise ConfigError(f'config file {path} cannot be parsed: {first_line}: fix that line') from None
-        raw: Dict[str, str] = {}
-        warnings = []
-        known_sections = {s.lower() for s in SECTIONS} | {'cluster'}
-        for section in parser.sections():
-            if section.lower() not in known_sections:
-                warnings.append(f'{path}: unknown section [{section}] ignored'
-                                + _did_you_mean(section, SECTIONS))
-            for key, value in parser.items(section):
-                if key in OPTIONS_BY_KEY:
-                    raw[key] = value
-                elif section.lower() in known_sections:
-                    warnings.append(f'{path}: unknown key {key!r} in [{section}] ignored'
-                                    + _did_you_mean(key, [o.name for o in OPTIONS]))
+        raw, warnings = read_settings(path)
         for key, value in (overrides or {}).items():
             if key.lower() not in OPTIONS_BY_KEY:
                 raise ConfigError(f'--set {key}: unknown key' + _did_you_mean(key, [o.name for o in OPTIONS])
@@ -378,6 +346,62 @@ class Config:
     @property
     def threshold_bytes(self) -> int:
         return self.ResumableThreshold * MiB
+
+
+def read_settings(path: str) -> Tuple[Dict[str, str], List[str]]:
+    """The raw key -> value settings of an ini file (keys lower-cased), and warnings about unknown ones."""
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f'config file not found: {path}: pass --config PATH or copy '
+                          's3_upload_config.ini beside the script') from None
+    except OSError as error:
+        raise ConfigError(f'cannot read config file {path}: {error.strerror}: check its permissions') from None
+    try:
+        text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        raise ConfigError(f'config file {path} is not UTF-8 text (byte {error.start}): '
+                          'save it as UTF-8') from None
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'),
+                                       strict=True)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f'config file {path} cannot be parsed: {first_line}: fix that line') from None
+    raw: Dict[str, str] = {}
+    warnings = []
+    known_sections = {s.lower() for s in SECTIONS} | {'cluster'}
+    for section in parser.sections():
+        if section.lower() not in known_sections:
+            warnings.append(f'{path}: unknown section [{section}] ignored'
+                            + _did_you_mean(section, SECTIONS))
+        for key, value in parser.items(section):
+            if key in OPTIONS_BY_KEY:
+                raw[key] = value
+            elif section.lower() in known_sections:
+                warnings.append(f'{path}: unknown key {key!r} in [{section}] ignored'
+                                + _did_you_mean(key, [o.name for o in OPTIONS]))
+    return raw, warnings
+
+
+def write_settings(path: str, settings: Dict[str, Any]) -> None:
+    """Write settings as an ini file the CLI runs unchanged: each known key in its section (owner-only)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str           # keep the keys' spelling
+    for option in OPTIONS:
+        value = next((v for k, v in settings.items() if k.lower() == option.name.lower()), None)
+        if value is None or (value == '' and option.default is None):
+            continue
+        if not parser.has_section(option.section):
+            parser.add_section(option.section)
+        parser.set(option.section, option.name, str(value))
+    temporary = path + '.tmp'
+    with _private_open(temporary) as handle:
+        handle.write('# written by s3_upload; run it with: python3 s3_upload.py --nogui --config THIS_FILE\n')
+        parser.write(handle)
+    os.replace(temporary, path)
 
 
 ###############################################################################
@@ -2859,7 +2883,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.demo:
         return run_demo()
     if args.gui or (not args.nogui and os.name == 'nt'):
-        return fail_input('the GUI is not available in this version: run with --nogui')
+        return run_gui(args.config or default_config_path())
     try:
         config = Config.load(args.config or default_config_path(), parse_overrides(args.set))
         log_path = setup_logging(config)
@@ -2938,6 +2962,466 @@ def run_demo() -> int:
         logging.shutdown()
         server.stop()
 
+
+###############################################################################
+# GUI #########################################################################
+###############################################################################
+
+ENDPOINT_PRESETS = ('AWS', 'https://s3.cn-north-1.amazonaws.com.cn', 'https://s3.cn-northwest-1.amazonaws.com.cn',
+                    'https://storage.googleapis.com', 'https://oss-cn-beijing.aliyuncs.com',
+                    'https://oss-cn-hangzhou.aliyuncs.com', 'https://s3.amazonaws.com')
+
+
+def aws_profiles() -> List[str]:
+    """Profiles of ~/.aws/credentials and ~/.aws/config (SSO and assume-role profiles included)."""
+    try:
+        import botocore.session
+        return sorted(botocore.session.Session().available_profiles)
+    except Exception:  # noqa: BLE001 - no profiles is a valid answer
+        return []
+
+
+class TransferRun:
+    """One run of a job in a background thread: the same engine and report as the command line."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.progress = Progress()
+        self.report: Optional[Report] = None
+        self.error = ''
+        self.thread = threading.Thread(target=self._run, name='transfer', daemon=True)
+
+    def start(self) -> 'TransferRun':
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.report = run_job(self.config, self.stop, self.progress)
+        except ConfigError as error:
+            self.error = str(error)
+        except Exception as error:  # noqa: BLE001 - shown in the window, never a silent thread death
+            logger.debug('transfer failed', exc_info=True)
+            self.error = describe_error(error)
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+
+class QueueLogHandler(logging.Handler):
+    """Log records, formatted, for the window's log pane (read on the Tk thread)."""
+
+    def __init__(self, lines: Any) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
+        self.addFilter(SecretFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.put(self.format(record))
+
+
+class App:
+    """The window: a form for a job (the original tool's fields), then live progress of the same engine."""
+
+    FIELDS = ('JobType', 'SrcDir', 'SrcFileIndex', 'SrcProfileName', 'SrcEndPointURL', 'SrcBucket', 'SrcPrefix',
+              'ali_SrcBucket', 'ali_endpoint', 'ali_access_key_id', 'ali_access_key_secret', 'DesProfileName',
+              'DesEndPointURL', 'DesBucket', 'S3Prefix', 'MaxThread', 'MaxParallelFile', 'StorageClass')
+    ACTIVE = {'LOCAL_TO_S3': {'SrcDir', 'SrcFileIndex'},
+              'S3_TO_S3': {'SrcProfileName', 'SrcEndPointURL', 'SrcBucket', 'SrcPrefix', 'SrcFileIndex'},
+              'ALIOSS_TO_S3': {'ali_SrcBucket', 'ali_endpoint', 'ali_access_key_id', 'ali_access_key_secret',
+                               'SrcPrefix', 'SrcFileIndex'}}
+
+    def __init__(self, root: Any, config_path: str) -> None:
+        import queue
+        import tkinter as tk
+        from tkinter import ttk
+        self.tk, self.ttk, self.root = tk, ttk, root
+        self.config_path = config_path
+        try:
+            self.saved, _ = read_settings(config_path)
+        except ConfigError:
+            self.saved = {}
+        self.vars: Dict[str, Any] = {}
+        self.widgets: Dict[str, List[Any]] = {}
+        self.errors: Dict[str, Any] = {}
+        self.results: Any = queue.Queue()          # (callback, value) from background threads
+        self.log_lines: Any = queue.Queue()
+        self.run: Optional[TransferRun] = None
+        self.finished = True                       # the current run's end has been shown
+        self.logging_ready = False
+        self.rates: List[Tuple[float, int]] = []
+        root.title(f's3_upload {__version__} - multi-threaded, resumable upload to Amazon S3')
+        root.geometry('1000x700')
+        root.minsize(900, 600)
+        root.protocol('WM_DELETE_WINDOW', self.close)
+        self._build()
+        self.job_changed()
+        self.log_handler = QueueLogHandler(self.log_lines)
+        logging.getLogger().addHandler(self.log_handler)
+        self.root.after(200, self.poll)
+
+    # -- form ------------------------------------------------------------------------------------
+    def _value(self, name: str) -> str:
+        option = OPTIONS_BY_KEY[name.lower()]
+        return self.saved.get(name.lower(), option.default or '')
+
+    def _row(self, parent: Any, row: int, name: str, label: str, kind: str = 'entry',
+             values: Iterable[str] = (), buttons: Iterable[Tuple[str, Callable[[], None]]] = (),
+             show: str = '') -> None:
+        tk, ttk = self.tk, self.ttk
+        var = self.vars.setdefault(name, tk.StringVar(value=self._value(name)))
+        ttk.Label(parent, text=label).grid(row=row, column=0, sticky='w', padx=(6, 4), pady=2)
+        if kind == 'combo':
+            widget = ttk.Combobox(parent, textvariable=var, values=list(values), width=20)
+        elif kind == 'readonly':
+            widget = ttk.Combobox(parent, textvariable=var, values=list(values), width=20, state='readonly')
+        elif kind == 'spin':
+            widget = ttk.Spinbox(parent, textvariable=var, from_=1, to=256, width=6)
+        else:
+            widget = ttk.Entry(parent, textvariable=var, width=20, show=show)
+        widget.grid(row=row, column=1, sticky='w' if kind == 'spin' else 'we', pady=2)
+        parent.columnconfigure(1, weight=1)
+        widgets = [widget]
+        if buttons:
+            box = ttk.Frame(parent)
+            box.grid(row=row, column=2, sticky='w', padx=(3, 0))
+            for text, command in buttons:
+                button = ttk.Button(box, text=text, command=command, style='Small.TButton')
+                button.pack(side='left', padx=1)
+                widgets.append(button)
+        self.widgets[name] = widgets
+        error = ttk.Label(parent, text='', foreground='#b00020')
+        error.grid(row=row + 1, column=1, columnspan=2, sticky='w')
+        error.grid_remove()
+        self.errors[name] = error
+
+    def _build(self) -> None:
+        tk, ttk = self.tk, self.ttk
+        style = ttk.Style(self.root)
+        if 'clam' in style.theme_names():
+            style.theme_use('clam')
+        style.configure('Small.TButton', padding=(4, 1))
+        for widget_style in ('TEntry', 'TCombobox', 'TSpinbox'):
+            style.map(widget_style, fieldbackground=[('disabled', '#e4e4e4'), ('readonly', '#ffffff')])
+        top = ttk.Frame(self.root, padding=6)
+        top.pack(fill='x')
+        self._row(top, 0, 'JobType', 'Job Type', 'readonly', JOB_TYPES)
+        self.widgets['JobType'][0].grid_configure(sticky='w')
+        self.widgets['JobType'][0].bind('<<ComboboxSelected>>', lambda _e: self.job_changed())
+        columns = ttk.Frame(self.root, padding=(6, 0))
+        columns.pack(fill='x')
+        source = ttk.LabelFrame(columns, text='Source', padding=4)
+        source.grid(row=0, column=0, sticky='nsew', padx=(0, 4))
+        target = ttk.LabelFrame(columns, text='Destination', padding=4)
+        target.grid(row=0, column=1, sticky='nsew')
+        columns.columnconfigure(0, weight=1)
+        columns.columnconfigure(1, weight=1)
+        profiles = aws_profiles()
+        self._row(source, 0, 'SrcDir', 'Local Folder', buttons=[('Select', self.pick_folder)])
+        self._row(source, 2, 'SrcFileIndex', 'Filename or *', buttons=[('File', self.pick_file),
+                                                                         ('All', self.all_files)])
+        self._row(source, 4, 'SrcProfileName', 'Src AWS Profile', 'combo', profiles)
+        self._row(source, 6, 'SrcEndPointURL', 'Src Endpoint URL', 'combo', ENDPOINT_PRESETS)
+        self._row(source, 8, 'SrcBucket', 'Src S3 Bucket', 'combo', buttons=[('List Buckets', lambda: self.list_buckets('Src'))])
+        self._row(source, 10, 'SrcPrefix', 'Src Prefix', 'combo', buttons=[('List Prefix', lambda: self.list_prefixes('Src'))])
+        self._row(source, 12, 'ali_SrcBucket', 'OSS Bucket')
+        self._row(source, 14, 'ali_endpoint', 'OSS Endpoint')
+        self._row(source, 16, 'ali_access_key_id', 'OSS AccessKey ID')
+        self._row(source, 18, 'ali_access_key_secret', 'OSS AccessKey Secret', show='*')
+        self._row(target, 0, 'DesProfileName', 'Des AWS Profile', 'combo', profiles)
+        self._row(target, 2, 'DesEndPointURL', 'Des Endpoint URL', 'combo', ENDPOINT_PRESETS)
+        self._row(target, 4, 'DesBucket', 'Des S3 Bucket', 'combo', buttons=[('List Buckets', lambda: self.list_buckets('Des'))])
+        self._row(target, 6, 'S3Prefix', 'Des S3 Prefix', 'combo', buttons=[('List Prefix', lambda: self.list_prefixes('Des'))])
+        self._row(target, 8, 'MaxThread', 'MaxThread/File', 'spin')
+        self._row(target, 10, 'MaxParallelFile', 'MaxParallelFile', 'spin')
+        self._row(target, 12, 'StorageClass', 'S3 StorageClass', 'readonly', STORAGE_CLASSES)
+        for side in ('Src', 'Des'):
+            combo = self.widgets['SrcPrefix' if side == 'Src' else 'S3Prefix'][0]
+            combo.bind('<<ComboboxSelected>>', lambda _e, s=side: self.list_prefixes(s))
+        actions = ttk.Frame(self.root, padding=6)
+        actions.pack(fill='x')
+        self.save_var = tk.BooleanVar(value=True)
+        ttk.Checkbutton(actions, text='Save to config.ini', variable=self.save_var).pack(side='left')
+        self.start_button = ttk.Button(actions, text='Start Upload', command=self.start)
+        self.start_button.pack(side='left', padx=6)
+        self.stop_button = ttk.Button(actions, text='Stop', command=self.stop, state='disabled')
+        self.stop_button.pack(side='left')
+        self.resume_button = ttk.Button(actions, text='Resume', command=self.resume, state='disabled')
+        self.resume_button.pack(side='left', padx=6)
+        self.message = ttk.Label(actions, text='', foreground='#b00020')
+        self.message.pack(side='left', padx=8)
+        status = ttk.Frame(self.root, padding=(6, 0))
+        status.pack(fill='x')
+        self.bar = ttk.Progressbar(status, maximum=100, mode='determinate')
+        self.bar.pack(fill='x')
+        self.status = ttk.Label(status, text='Fill in the form and press Start Upload.')
+        self.status.pack(fill='x', pady=2)
+        lower = ttk.PanedWindow(self.root, orient='vertical')
+        lower.pack(fill='both', expand=True, padx=6, pady=(0, 6))
+        self.files = ttk.Treeview(lower, columns=('size', 'done'), height=4)
+        self.files.heading('#0', text='Current files')
+        self.files.heading('size', text='Size')
+        self.files.heading('done', text='Done')
+        self.files.column('#0', width=700, stretch=True)
+        self.files.column('size', width=110, anchor='e', stretch=False)
+        self.files.column('done', width=80, anchor='e', stretch=False)
+        lower.add(self.files, weight=1)
+        self.log = tk.Text(lower, height=8, wrap='none', font=('TkFixedFont', 9))
+        self.log.bind('<Key>', lambda e: None if e.state & 4 and e.keysym in ('c', 'a') else 'break')
+        lower.add(self.log, weight=2)
+
+    def job_changed(self) -> None:
+        """Enable the source fields of the chosen job type, disable the others."""
+        active = self.ACTIVE.get(self.vars['JobType'].get(), set())
+        for name in ('SrcDir', 'SrcFileIndex', 'SrcProfileName', 'SrcEndPointURL', 'SrcBucket', 'SrcPrefix',
+                     'ali_SrcBucket', 'ali_endpoint', 'ali_access_key_id', 'ali_access_key_secret'):
+            for widget in self.widgets[name]:
+                widget.configure(state='normal' if name in active else 'disabled')
+        local_file = self.widgets['SrcFileIndex'][1]
+        local_file.configure(state='normal' if self.vars['JobType'].get() == 'LOCAL_TO_S3' else 'disabled')
+
+    def pick_folder(self) -> None:
+        from tkinter import filedialog
+        folder = filedialog.askdirectory(initialdir=self.vars['SrcDir'].get() or os.getcwd())
+        if folder:
+            self.vars['SrcDir'].set(folder)
+            self.vars['SrcFileIndex'].set('*')
+
+    def pick_file(self) -> None:
+        from tkinter import filedialog
+        path = filedialog.askopenfilename(initialdir=self.vars['SrcDir'].get() or os.getcwd())
+        if path:
+            folder, name = os.path.split(path)
+            self.vars['SrcDir'].set(folder)
+            self.vars['SrcFileIndex'].set(name)
+
+    def all_files(self) -> None:
+        self.vars['SrcFileIndex'].set('*')
+
+    def settings(self) -> Dict[str, str]:
+        """The form as ini settings, on top of the other keys of the loaded ini."""
+        values = {OPTIONS_BY_KEY[key].name: value for key, value in self.saved.items()}
+        values.update({name: var.get().strip() for name, var in self.vars.items()})
+        return values
+
+    # -- background work: never on the Tk thread ----------------------------------------------------
+    def background(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        def target() -> None:
+            try:
+                value = work()
+            except Exception as error:  # noqa: BLE001 - reported in the window
+                value = error
+            self.results.put((done, value))
+        threading.Thread(target=target, daemon=True).start()
+
+    def _client(self, side: str) -> Any:
+        settings = self.settings()
+        return make_client(settings.get(f'{side}ProfileName', ''), _endpoint(settings.get(f'{side}EndPointURL', '')),
+                           settings.get(f'{side}Region', ''), 4, 'source' if side == 'Src' else 'destination')
+
+    def list_buckets(self, side: str) -> None:
+        self.status.configure(text=f'Listing buckets of the {"source" if side == "Src" else "destination"} ...')
+
+        def done(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self.status.configure(text=f'Cannot list buckets: {describe_error(result)}')
+                return
+            self.widgets[f'{side}Bucket'][0].configure(values=result)
+            self.status.configure(text=f'{len(result)} buckets listed.')
+
+        self.background(lambda: [b['Name'] for b in self._client(side).list_buckets().get('Buckets', [])], done)
+
+    def list_prefixes(self, side: str) -> None:
+        """Drill down: the folders (Delimiter='/') below the prefix in the field."""
+        field = 'SrcPrefix' if side == 'Src' else 'S3Prefix'
+        bucket = self.vars[f'{side}Bucket'].get().strip()
+        prefix = _prefix(self.vars[field].get())
+        if not bucket:
+            self.status.configure(text='Choose a bucket first.')
+            return
+
+        def work() -> List[str]:
+            page = self._client(side).list_objects_v2(Bucket=bucket, Prefix=prefix + '/' if prefix else '',
+                                                      Delimiter='/', MaxKeys=1000)
+            return [p['Prefix'].rstrip('/') for p in page.get('CommonPrefixes', [])]
+
+        def done(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self.status.configure(text=f'Cannot list prefixes: {describe_error(result)}')
+                return
+            self.widgets[field][0].configure(values=[prefix] + result if prefix else result)
+            self.status.configure(text=f'{len(result)} folders below "{prefix or "/"}".')
+
+        self.background(work, done)
+
+    # -- run -----------------------------------------------------------------------------------------
+    def validate(self) -> Optional[Config]:
+        """Check the form; show inline messages and return None when something is wrong."""
+        for label in self.errors.values():
+            label.grid_remove()
+        settings = self.settings()
+        problems: Dict[str, str] = {}
+        job = settings.get('JobType', '')
+        if job == 'LOCAL_TO_S3' and not os.path.isdir(settings.get('SrcDir', '')):
+            problems['SrcDir'] = 'Choose an existing local folder.'
+        if not settings.get('DesBucket'):
+            problems['DesBucket'] = 'Enter or list the destination bucket.'
+        if job == 'S3_TO_S3' and not settings.get('SrcBucket'):
+            problems['SrcBucket'] = 'Enter or list the source bucket.'
+        if job == 'ALIOSS_TO_S3' and not settings.get('ali_SrcBucket'):
+            problems['ali_SrcBucket'] = 'Enter the OSS bucket.'
+        config = None
+        if not problems:
+            try:
+                config = Config.from_settings({k: v for k, v in settings.items() if v != '' or
+                                               OPTIONS_BY_KEY[k.lower()].default is not None})
+            except ConfigError as error:
+                text = str(error)
+                field = next((name for name in self.FIELDS if name in text), 'JobType')
+                problems[field] = text.split(': fix')[0]
+        for field, text in problems.items():
+            self.errors[field].configure(text=text)
+            self.errors[field].grid()
+        self.message.configure(text='Please correct the marked fields.' if problems else '')
+        return config
+
+    def start(self, confirm: bool = True) -> None:
+        config = self.validate()
+        if config is None:
+            return
+        source = {'LOCAL_TO_S3': os.path.join(config.SrcDir, '' if config.SrcFileIndex == '*' else config.SrcFileIndex),
+                  'S3_TO_S3': f's3://{config.SrcBucket}/{config.SrcPrefix}',
+                  'ALIOSS_TO_S3': f'oss://{config.ali_SrcBucket}/{config.SrcPrefix}'}[config.JobType]
+        summary = (f'{config.JobType}\n\nFROM: {source}\nTO:   s3://{config.DesBucket}/{config.S3Prefix}\n\n'
+                   f'{config.MaxParallelFile} files x {config.MaxThread} parts in flight, {config.StorageClass}')
+        if confirm:
+            from tkinter import messagebox
+            if not messagebox.askokcancel('Start upload?', summary, parent=self.root):
+                return
+        if self.save_var.get():
+            write_settings(self.config_path, self.settings())
+            self.saved, _ = read_settings(self.config_path)
+        self._launch(config)
+
+    def _launch(self, config: Config) -> None:
+        if not self.logging_ready:
+            try:
+                setup_logging(config)
+            except OSError as error:
+                self.message.configure(text=f'cannot write logs to {config.LogDir}: {error}')
+                return
+            logging.getLogger().addHandler(self.log_handler)
+            self.logging_ready = True
+        self.rates = []
+        self.finished = False
+        self.run = TransferRun(config).start()
+        self.start_button.configure(state='disabled')
+        self.resume_button.configure(state='disabled')
+        self.stop_button.configure(state='normal')
+        self.status.configure(text='Checking source and destination ...')
+
+    def stop(self) -> None:
+        """Graceful, resumable: no new parts; the parts in flight finish."""
+        if self.run and self.run.running:
+            self.run.stop.set()
+            self.stop_button.configure(state='disabled')
+            self.status.configure(text='Stopping: finishing the parts in flight ...')
+
+    def resume(self) -> None:
+        if self.run and not self.run.running:
+            self._launch(self.run.config)
+
+    def close(self) -> None:
+        if self.run and self.run.running:
+            from tkinter import messagebox
+            if not messagebox.askyesno('Transfer running', 'A transfer is running. Stop it and quit? '
+                                       'Run it again later to resume.', parent=self.root):
+                return
+            self.run.stop.set()
+            self.run.thread.join(STOP_GRACE_SECONDS)
+        logging.getLogger().removeHandler(self.log_handler)
+        self.root.destroy()
+
+    # -- live view (Tk thread, every 200 ms) -----------------------------------------------------------
+    def poll(self) -> None:
+        while not self.results.empty():
+            callback, value = self.results.get_nowait()
+            callback(value)
+        lines = []
+        while not self.log_lines.empty():
+            lines.append(self.log_lines.get_nowait())
+        if lines:
+            self.log.insert('end', '\n'.join(lines) + '\n')
+            self.log.see('end')
+        if self.run is not None and not self.finished:
+            self.show(self.run)
+            if not self.run.running:
+                self.finished = True
+                self.finish(self.run)
+        self.root.after(200, self.poll)
+
+    def show(self, run: TransferRun) -> None:
+        p = run.progress.snapshot()
+        done = p['bytes_transferred'] + p['bytes_resumed'] + p['bytes_skipped'] + p['bytes_copied_server_side']
+        now = time.monotonic()
+        self.rates = [r for r in self.rates if now - r[0] < 10] + [(now, p['bytes_transferred'] + p['bytes_copied_server_side'])]
+        span = self.rates[-1][0] - self.rates[0][0]
+        rate = (self.rates[-1][1] - self.rates[0][1]) / span if span > 0 else 0.0
+        fraction = done / p['bytes_total'] if p['bytes_total'] else (1.0 if not run.running and run.report else 0.0)
+        self.bar['value'] = 100.0 * fraction
+        eta = time.strftime('%H:%M:%S', time.gmtime((p['bytes_total'] - done) / rate)) \
+            if rate > 0 and p['listing_done'] else '--:--:--'
+        files_done = p['files_transferred'] + p['files_skipped'] + p['files_failed']
+        total = f'{p["files_total"]}' if p['listing_done'] else f'{p["files_total"]}+'
+        self.status.configure(text=f'{fraction * 100:5.1f}%  {human_bytes(done)} of {human_bytes(p["bytes_total"])}  '
+                                   f'{human_bytes(rate)}/s  ETA {eta}   files {files_done}/{total}  '
+                                   f'transferred {p["files_transferred"]}  skipped {p["files_skipped"]}  '
+                                   f'failed {p["files_failed"]}')
+        shown = set(self.files.get_children())
+        for key, (sent, size) in p['active'].items():
+            values = (human_bytes(size), f'{100.0 * sent / size if size else 100:.0f}%')
+            if key in shown:
+                self.files.item(key, values=values)
+            else:
+                self.files.insert('', 'end', iid=key, text=key, values=values)
+        for key in shown - set(p['active']):
+            self.files.delete(key)
+
+    def finish(self, run: TransferRun) -> None:
+        self.start_button.configure(state='normal')
+        self.stop_button.configure(state='disabled')
+        if run.error:
+            self.message.configure(text=run.error)
+            self.status.configure(text='Nothing was transferred: fix the problem and press Start Upload.')
+            return
+        report = run.report
+        assert report is not None
+        self.log.insert('end', report.summary() + '\n')
+        self.log.see('end')
+        if report.stopped:
+            self.resume_button.configure(state='normal')
+            self.message.configure(text='Stopped. Press Resume to continue where it stopped.')
+        else:
+            self.message.configure(text='Done.' if not report.files_failed else
+                                   f'{report.files_failed} files failed: see the log below.')
+
+
+def run_gui(config_path: str) -> int:
+    """Open the window (exit 2 with one line when there is no tkinter or no display)."""
+    try:
+        import tkinter as tk
+    except ImportError:
+        return fail_input('the GUI needs tkinter, which this Python lacks: install python3-tk or run with --nogui')
+    try:
+        root = tk.Tk()
+    except tk.TclError as error:
+        return fail_input(f'cannot open a window ({error}): no display here; run with --nogui')
+    App(root, config_path)
+    root.mainloop()
+    return EXIT_OK
 
 if __name__ == '__main__':
     sys.exit(main())
