@@ -3217,9 +3217,10 @@ class App:
             self.results.put((done, value))
         threading.Thread(target=target, daemon=True).start()
 
-    def _client(self, side: str) -> Any:
+    def _client(self, side: str) -> Callable[[], Any]:
+        """A factory for one side's client; reads the form now, on the Tk thread."""
         settings = self.settings()
-        return make_client(settings.get(f'{side}ProfileName', ''), _endpoint(settings.get(f'{side}EndPointURL', '')),
+        return lambda: make_client(settings.get(f'{side}ProfileName', ''), _endpoint(settings.get(f'{side}EndPointURL', '')),
                            settings.get(f'{side}Region', ''), 4, 'source' if side == 'Src' else 'destination')
 
     def list_buckets(self, side: str) -> None:
@@ -3232,7 +3233,8 @@ class App:
             self.widgets[f'{side}Bucket'][0].configure(values=result)
             self.status.configure(text=f'{len(result)} buckets listed.')
 
-        self.background(lambda: [b['Name'] for b in self._client(side).list_buckets().get('Buckets', [])], done)
+        client = self._client(side)
+        self.background(lambda: [b['Name'] for b in client().list_buckets().get('Buckets', [])], done)
 
     def list_prefixes(self, side: str) -> None:
         """Drill down: the folders (Delimiter='/') below the prefix in the field."""
@@ -3243,8 +3245,10 @@ class App:
             self.status.configure(text='Choose a bucket first.')
             return
 
+        client = self._client(side)
+
         def work() -> List[str]:
-            page = self._client(side).list_objects_v2(Bucket=bucket, Prefix=prefix + '/' if prefix else '',
+            page = client().list_objects_v2(Bucket=bucket, Prefix=prefix + '/' if prefix else '',
                                                       Delimiter='/', MaxKeys=1000)
             return [p['Prefix'].rstrip('/') for p in page.get('CommonPrefixes', [])]
 
