@@ -3060,7 +3060,7 @@ class App:
         self._build()
         self.job_changed()
         self.log_handler = QueueLogHandler(self.log_lines)
-        logging.getLogger().addHandler(self.log_handler)
+        logger.addHandler(self.log_handler)
         self.root.after(200, self.poll)
 
     # -- form ------------------------------------------------------------------------------------
@@ -3104,6 +3104,7 @@ class App:
         if 'clam' in style.theme_names():
             style.theme_use('clam')
         style.configure('Small.TButton', padding=(4, 1))
+        style.configure('Horizontal.TProgressbar', background='#2f7d32', lightcolor='#4caf50', darkcolor='#1b5e20')
         for widget_style in ('TEntry', 'TCombobox', 'TSpinbox'):
             style.map(widget_style, fieldbackground=[('disabled', '#e4e4e4'), ('readonly', '#ffffff')])
         top = ttk.Frame(self.root, padding=6)
@@ -3289,7 +3290,7 @@ class App:
         for field, text in problems.items():
             self.errors[field].configure(text=text)
             self.errors[field].grid()
-        self.message.configure(text='Please correct the marked fields.' if problems else '')
+        self.message.configure(text='Please correct the marked fields.' if problems else '', foreground='#b00020')
         return config
 
     def start(self, confirm: bool = True) -> None:
@@ -3315,9 +3316,9 @@ class App:
             try:
                 setup_logging(config)
             except OSError as error:
-                self.message.configure(text=f'cannot write logs to {config.LogDir}: {error}')
+                self.message.configure(text=f'cannot write logs to {config.LogDir}: {error}', foreground='#b00020')
                 return
-            logging.getLogger().addHandler(self.log_handler)
+            logger.addHandler(self.log_handler)
             self.logging_ready = True
         self.rates = []
         self.finished = False
@@ -3346,7 +3347,7 @@ class App:
                 return
             self.run.stop.set()
             self.run.thread.join(STOP_GRACE_SECONDS)
-        logging.getLogger().removeHandler(self.log_handler)
+        logger.removeHandler(self.log_handler)
         self.root.destroy()
 
     # -- live view (Tk thread, every 200 ms) -----------------------------------------------------------
@@ -3398,7 +3399,7 @@ class App:
         self.start_button.configure(state='normal')
         self.stop_button.configure(state='disabled')
         if run.error:
-            self.message.configure(text=run.error)
+            self.message.configure(text=run.error, foreground='#b00020')
             self.status.configure(text='Nothing was transferred: fix the problem and press Start Upload.')
             return
         report = run.report
@@ -3407,10 +3408,11 @@ class App:
         self.log.see('end')
         if report.stopped:
             self.resume_button.configure(state='normal')
-            self.message.configure(text='Stopped. Press Resume to continue where it stopped.')
+            self.message.configure(text='Stopped. Press Resume to continue where it stopped.', foreground='#b00020')
         else:
-            self.message.configure(text='Done.' if not report.files_failed else
-                                   f'{report.files_failed} files failed: see the log below.')
+            failed = report.files_failed
+            self.message.configure(text=f'{failed} files failed: see the log below.' if failed else 'Done.',
+                                   foreground='#b00020' if failed else '#1b5e20')
 
 
 def run_gui(config_path: str) -> int:
