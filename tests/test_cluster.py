@@ -1,0 +1,256 @@
+"""Cluster mode against a local AWS stack: SQS, DynamoDB and SSM of moto in server mode, data on SeaweedFS.
+
+jobsender -> several worker processes -> objects verified at the destination; a worker killed mid-object;
+poison messages; S3 event notifications; the Lambda handler across invocations that run out of time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import boto3
+import pytest
+
+from conftest import SOURCE_KEY, SOURCE_SECRET, TOOL, bucket_contents, random_bytes, wait_for_parts
+from s3_upload import BadMessage, Config, jobs_from_message
+
+MiB = 1024 * 1024
+
+
+class Stack:
+    """A queue (with a dead-letter queue), a status table name and buckets for one test."""
+
+    def __init__(self, moto, seaweed, tool, max_receive: int = 2) -> None:
+        self.moto, self.seaweed, self.tool = moto, seaweed, tool
+        self.sqs = self.aws('sqs')
+        self.dynamodb = self.aws('dynamodb')
+        name = uuid.uuid4().hex[:10]
+        self.dlq_url = self.sqs.create_queue(QueueName=f'dlq-{name}')['QueueUrl']
+        dlq_arn = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
+        self.queue_url = self.sqs.create_queue(QueueName=f'jobs-{name}', Attributes={
+            'RedrivePolicy': json.dumps({'deadLetterTargetArn': dlq_arn, 'maxReceiveCount': str(max_receive)})})['QueueUrl']
+        self.table = f'status-{name}'
+        self.parameter = f'/s3upload/{name}/source-keys'
+        self.aws('ssm').put_parameter(Name=self.parameter, Type='SecureString', Value=json.dumps(
+            {'aws_access_key_id': SOURCE_KEY, 'aws_secret_access_key': SOURCE_SECRET, 'region': 'us-east-1'}))
+        self.src = seaweed.bucket('src')
+        self.dst = seaweed.bucket('dst')
+
+    def aws(self, service: str):
+        return boto3.client(service, endpoint_url=self.moto.endpoint, region_name='us-east-1',
+                            aws_access_key_id=self.moto.access_key, aws_secret_access_key=self.moto.secret_key)
+
+    def settings(self, **more) -> dict:
+        return {'JobType': 'S3_TO_S3', 'SrcProfileName': 'wrong_keys',    # the SSM parameter's keys are used
+                'SrcEndPointURL': self.seaweed.endpoint, 'SrcBucket': self.src, 'SrcPrefix': 'data',
+                'DesProfileName': self.seaweed.profile, 'DesEndPointURL': self.seaweed.endpoint, 'DesBucket': self.dst,
+                'S3Prefix': 'copy', 'SqsQueueUrl': self.queue_url, 'StatusTable': self.table,
+                'ClusterProfileName': self.moto.profile, 'ClusterRegion': 'us-east-1',
+                'SqsEndpointURL': self.moto.endpoint, 'DynamoDBEndpointURL': self.moto.endpoint,
+                'SsmEndpointURL': self.moto.endpoint, 'CredentialsParameter': self.parameter, 'CredentialsFor': 'Src',
+                'VisibilityTimeout': 6, 'PollSeconds': 1, 'ChunkSize': 5, 'LogDir': self.tool.folder / 'log', **more}
+
+    def command(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> list:
+        ini = self.tool.ini(self.settings(**more), name)
+        return [sys.executable, str(TOOL), subcommand, '--config', str(ini), *extra]
+
+    def run(self, subcommand: str, *extra: str, timeout: float = 240, **more) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(subcommand, *extra, **more), capture_output=True, text=True,
+                              env=self.tool.env, cwd=self.tool.folder, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def start(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> subprocess.Popen:
+        return subprocess.Popen(self.command(subcommand, *extra, name=name, **more), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.tool.env, cwd=self.tool.folder)
+
+    def put_sources(self, objects: dict) -> None:
+        client = self.seaweed.client()
+        for key, data in objects.items():
+            client.put_object(Bucket=self.src, Key=key, Body=data)
+
+    def send(self, *bodies: str) -> None:
+        for body in bodies:
+            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+    def depth(self, url: str) -> int:
+        counts = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['All'])['Attributes']
+        return int(counts['ApproximateNumberOfMessages']) + int(counts['ApproximateNumberOfMessagesNotVisible'])
+
+    def items(self) -> dict:
+        out = {}
+        for page in self.dynamodb.get_paginator('scan').paginate(TableName=self.table):
+            for item in page['Items']:
+                name = item['object']['S']
+                if not name.startswith('upload#'):
+                    out[name] = {k: v.get('S', v.get('N')) for k, v in item.items()}
+        return out
+
+
+@pytest.fixture
+def stack(moto, seaweed, tool) -> Stack:
+    return Stack(moto, seaweed, tool)
+
+
+def copied(stack: Stack, objects: dict) -> dict:
+    return {'copy/' + key[len('data/'):]: data for key, data in objects.items()}
+
+
+def test_message_formats_and_key_decoding():
+    config = Config.from_settings({'JobType': 'S3_TO_S3', 'SrcBucket': 'src', 'SrcPrefix': 'data',
+                                   'DesBucket': 'dst', 'S3Prefix': 'copy'})
+    job = {'Src_bucket': 'src', 'Src_key': 'data/a+b %c/ünï.txt', 'Des_bucket': 'dst', 'Des_key': 'copy/x',
+           'Size': 5, 'versionId': 'v1'}
+    [parsed] = jobs_from_message(json.dumps(job), config)
+    assert (parsed.src_key, parsed.des_key, parsed.size, parsed.version_id) == ('data/a+b %c/ünï.txt', 'copy/x', 5, 'v1')
+    assert json.loads(parsed.message()) == job
+    keys = ['data/a b+c.txt', 'data/100% ünïcode/ key ', 'other/x']
+    event = {'Records': [{'eventName': 'ObjectCreated:Put', 's3': {'bucket': {'name': 'src'}, 'object': {
+        'key': quote_plus(key), 'size': 3, 'versionId': 'null'}}} for key in keys] + [
+        {'eventName': 'ObjectRemoved:Delete', 's3': {'bucket': {'name': 'src'}, 'object': {'key': 'data/gone'}}}]}
+    jobs = jobs_from_message(json.dumps(event), config)
+    assert [(j.src_key, j.des_key, j.version_id) for j in jobs] == [
+        ('data/a b+c.txt', 'copy/a b+c.txt', ''), ('data/100% ünïcode/ key ', 'copy/100% ünïcode/ key ', ''),
+        ('other/x', 'copy/other/x', '')]
+    sns = {'Type': 'Notification', 'TopicArn': 'arn:aws:sns:us-east-1:1:t', 'Message': json.dumps(event)}
+    assert jobs_from_message(json.dumps(sns), config) == jobs
+    assert jobs_from_message(json.dumps({'Service': 'Amazon S3', 'Event': 's3:TestEvent'}), config) == []
+    for poison in ('not json', '[1, 2]', '{"foo": 1}', '{"Records": [{"s3": {}}]}', json.dumps({**job, 'Src_key': ''})):
+        with pytest.raises(BadMessage):
+            jobs_from_message(poison, config)
+
+
+def test_jobsender_and_parallel_workers_copy_everything_once(stack):
+    objects = {f'data/{folder}/f{n:02}.bin': random_bytes(n * 1000, n) for folder in 'abc' for n in range(12)}
+    objects.update({'data/top.txt': b'top', 'data/a/sp ace/x+y%z.txt': b'odd', 'data/b/ünï/ć.bin': b'unicode',
+                    'data/big1.bin': random_bytes(12 * MiB, 1), 'data/c/big2.bin': random_bytes(11 * MiB, 2),
+                    'database/not-mine.txt': b'outside the prefix'})
+    stack.put_sources(objects)
+    mine = {k: v for k, v in objects.items() if k.startswith('data/')}
+    sent = stack.run('jobsender')
+    assert sent.returncode == 0, sent.stderr
+    assert f'{len(mine)} queued' in sent.stderr
+    again = stack.run('jobsender')          # a non-empty queue is no reason to refuse, nor to send twice
+    assert again.returncode == 0 and '0 queued' in again.stderr and f'{len(mine)} already queued' in again.stderr
+    workers = [stack.start('worker', '--once', '--report', str(stack.tool.folder / f'w{n}.json'), name=f'w{n}.ini')
+               for n in range(3)]
+    for worker in workers:
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 0, err[-3000:]
+    assert bucket_contents(stack.seaweed, stack.dst) == copied(stack, mine)
+    items = stack.items()
+    assert set(items) == {f'{stack.dst}/{key}' for key in copied(stack, mine)}
+    assert {item['state'] for item in items.values()} == {'done'}
+    assert {item['attempts'] for item in items.values()} == {'1'}     # no object was run by two workers
+    reports = [json.loads((stack.tool.folder / f'w{n}.json').read_text()) for n in range(3)]
+    assert sum(r['files_transferred'] for r in reports) == len(mine)
+    assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 0
+    shown = stack.run('status')
+    assert shown.returncode == 0 and f'done     {len(mine):>9} objects' in shown.stdout
+    last = stack.run('jobsender')
+    assert last.returncode == 0 and '0 queued' in last.stderr and f'{len(mine)} at destination' in last.stderr
+
+
+def test_worker_killed_mid_object_is_resumed_by_another(stack):
+    data = random_bytes(30 * MiB, 7)
+    stack.put_sources({'data/big.bin': data})
+    assert stack.run('jobsender').returncode == 0
+    first = stack.start('worker', name='slow.ini', BandwidthLimit=4)
+    parts = wait_for_parts(stack.seaweed, stack.dst, 'copy/big.bin', 2, timeout=60)
+    assert len(parts) >= 2
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    report = stack.tool.folder / 'second.json'
+    second = stack.run('worker', '--once', '--report', str(report))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert bucket_contents(stack.seaweed, stack.dst) == {'copy/big.bin': data}
+    assert json.loads(report.read_text())['parts_resumed'] >= 2
+    item = stack.items()[f'{stack.dst}/copy/big.bin']
+    assert item['state'] == 'done' and item['attempts'] == '2'
+    assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 0
+    assert not stack.seaweed.client().list_multipart_uploads(Bucket=stack.dst).get('Uploads')
+
+
+def test_poison_messages_and_failing_jobs_end_in_the_dead_letter_queue(stack):
+    stack.put_sources({'data/fine.txt': b'fine'})
+    missing = {'Src_bucket': stack.src, 'Src_key': 'data/missing.txt', 'Des_bucket': stack.dst,
+               'Des_key': 'copy/missing.txt', 'Size': 1}
+    fine = {**missing, 'Src_key': 'data/fine.txt', 'Des_key': 'copy/fine.txt', 'Size': 4}
+    stack.send('this is not json', '{"foo": 1}', json.dumps(missing), json.dumps(fine))
+    stack.run('status', StatusTable='')                  # the table is created by jobsender (or deploy/) ...
+    assert stack.run('jobsender', '--dry-run').returncode == 0     # ... here: queues nothing
+    ran = stack.run('worker', '--once', timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert bucket_contents(stack.seaweed, stack.dst) == {'copy/fine.txt': b'fine'}
+    assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 3
+    assert 'not a job' in ran.stderr
+    shown = stack.run('status')
+    assert shown.returncode == 1
+    assert f'FAILED s3://{stack.dst}/copy/missing.txt' in shown.stdout and 'deleted' in shown.stdout
+
+
+def test_s3_event_notifications_with_encoded_keys(stack):
+    keys = ['data/ev/a b+c.txt', 'data/ev/100% sûr.txt', 'data/ev/plus+only']
+    objects = {key: key.encode() * 3 for key in keys}
+    stack.put_sources(objects)
+    stack.run('jobsender', '--dry-run')
+    records = [{'eventName': 'ObjectCreated:Put', 's3': {'bucket': {'name': stack.src},
+                                                         'object': {'key': quote_plus(key), 'size': len(data)}}}
+               for key, data in objects.items()]
+    stack.send(json.dumps({'Service': 'Amazon S3', 'Event': 's3:TestEvent', 'Bucket': stack.src}),
+               json.dumps({'Records': records[:2]}), json.dumps({'Records': records[2:]}))
+    ran = stack.run('worker', '--once', timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert bucket_contents(stack.seaweed, stack.dst) == copied(stack, objects)
+    assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 0
+
+
+class FakeContext:
+    """What Lambda passes: the time left before the invocation is cut off."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+
+def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkeypatch, caplog):
+    import s3_upload
+    data = random_bytes(24 * MiB, 9)
+    stack.put_sources({'data/large.bin': data})
+    assert stack.run('jobsender', '--dry-run').returncode == 0        # creates the status table
+    ini = stack.tool.ini(stack.settings(DesBucket='not-this-one'), 'lambda.ini')
+    for key, value in stack.tool.env.items():
+        if key.startswith('AWS_'):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv('S3_UPLOAD_CONFIG', str(ini))
+    monkeypatch.setenv('S3UPLOAD_DesBucket', stack.dst)                # environment overrides the ini
+    monkeypatch.setenv('S3UPLOAD_BandwidthLimit', '4')
+    monkeypatch.setenv('S3UPLOAD_StopBeforeTimeout', '2')
+    job = {'Src_bucket': stack.src, 'Src_key': 'data/large.bin', 'Des_bucket': stack.dst,
+           'Des_key': 'copy/large.bin', 'Size': len(data), 'versionId': ''}
+    event = {'Records': [{'messageId': 'm-1', 'receiptHandle': 'r-1', 'body': json.dumps(job), 'eventSource': 'aws:sqs'},
+                         {'messageId': 'm-2', 'receiptHandle': 'r-2', 'body': 'poison', 'eventSource': 'aws:sqs'}]}
+    started = time.monotonic()
+    first = s3_upload.lambda_handler(event, FakeContext(5))
+    assert time.monotonic() - started < 15
+    assert first == {'batchItemFailures': [{'itemIdentifier': 'm-1'}, {'itemIdentifier': 'm-2'}]}
+    uploaded = wait_for_parts(stack.seaweed, stack.dst, 'copy/large.bin', 1, timeout=5)
+    assert 1 <= len(uploaded) < 5
+    assert stack.items()[f'{stack.dst}/copy/large.bin']['state'] == 'queued'     # released, resumable
+    monkeypatch.setenv('S3UPLOAD_BandwidthLimit', '0')
+    with caplog.at_level(logging.INFO, logger='s3_upload'):
+        second = s3_upload.lambda_handler({'Records': event['Records'][:1]}, FakeContext(120))
+    assert second == {'batchItemFailures': []}
+    assert 'already there' in caplog.text          # resumed from the first invocation's parts
+    assert bucket_contents(stack.seaweed, stack.dst) == {'copy/large.bin': data}
+    item = stack.items()[f'{stack.dst}/copy/large.bin']
+    assert item['state'] == 'done' and item['attempts'] == '2'
