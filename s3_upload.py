@@ -3730,6 +3730,14 @@ class StatusTable:
             self._update(job.name, 'SET #s = :failed, #e = :error, #u = :now REMOVE #l', '#w = :me',
                          {':failed': 'failed', ':error': error[:1000], ':now': now, ':me': self.owner})
 
+    def unreadable(self, job: Job, error: str) -> None:
+        """A job that failed before it could be claimed (its source cannot be read): counted as an attempt."""
+        now = time.time()
+        self._update(job.name, 'SET #s = :failed, #e = :error, #u = :now, #src = :src ADD #a :one',
+                     'attribute_not_exists(#o) OR #s <> :running OR #l < :now',
+                     {':failed': 'failed', ':error': error[:1000], ':now': now, ':running': 'running', ':one': 1,
+                      ':src': f's3://{job.src_bucket}/{job.src_key}'})
+
     def release(self, job: Job, why: str) -> None:
         """Give a stopped job back (resumable): another worker may claim it at once."""
         self._update(job.name, 'SET #s = :queued, #e = :why, #u = :now REMOVE #l', '#w = :me AND #s = :running',
@@ -3976,9 +3984,12 @@ class Worker:
         except Stopped:
             return 'stopped'
         except Exception as error:  # noqa: BLE001 - reported, the message comes back later
-            logger.error('FAILED %s: cannot read the source s3://%s/%s: %s', job.name, job.src_bucket, job.src_key,
-                         error if isinstance(error, SourceGone) else describe_error(error))
-            self.progress.fail(job.name, str(error))
+            message = f'cannot read the source s3://{job.src_bucket}/{job.src_key}: ' + (
+                str(error) if isinstance(error, SourceGone) else describe_error(error))
+            logger.error('FAILED %s: %s', job.name, message)
+            self.progress.fail(job.name, message)
+            if status is not None:
+                status.unreadable(job, message)
             return 'failed'
         if status is not None:
             claim, wait_seconds = status.claim(job, obj.version, obj.size)

@@ -187,7 +187,7 @@ def test_poison_messages_and_failing_jobs_end_in_the_dead_letter_queue(stack):
     stack.run('status', StatusTable='')                  # the table is created by jobsender (or deploy/) ...
     assert stack.run('jobsender', '--dry-run').returncode == 0     # ... here: queues nothing
     ran = stack.run('worker', '--once', timeout=120)
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.returncode == 1, ran.stderr[-3000:]                 # some jobs failed
     assert bucket_contents(stack.seaweed, stack.dst) == {'copy/fine.txt': b'fine'}
     assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 3
     assert 'not a job' in ran.stderr
@@ -235,6 +235,7 @@ def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkey
     monkeypatch.setenv('S3UPLOAD_DesBucket', stack.dst)                # environment overrides the ini
     monkeypatch.setenv('S3UPLOAD_BandwidthLimit', '4')
     monkeypatch.setenv('S3UPLOAD_StopBeforeTimeout', '2')
+    monkeypatch.setenv('S3UPLOAD_MaxThread', '2')                      # parts in flight when time runs out
     job = {'Src_bucket': stack.src, 'Src_key': 'data/large.bin', 'Des_bucket': stack.dst,
            'Des_key': 'copy/large.bin', 'Size': len(data), 'versionId': ''}
     event = {'Records': [{'messageId': 'm-1', 'receiptHandle': 'r-1', 'body': json.dumps(job), 'eventSource': 'aws:sqs'},
@@ -254,3 +255,32 @@ def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkey
     assert bucket_contents(stack.seaweed, stack.dst) == {'copy/large.bin': data}
     item = stack.items()[f'{stack.dst}/copy/large.bin']
     assert item['state'] == 'done' and item['attempts'] == '2'
+
+
+def test_workers_killed_at_random_lose_and_duplicate_nothing(stack):
+    import random
+    rng = random.Random(7)
+    objects = {f'data/k/{n:03}.bin': random_bytes(rng.randrange(0, 300_000), n) for n in range(80)}
+    objects.update({f'data/big/{n}.bin': random_bytes(11 * MiB, 100 + n) for n in range(3)})
+    stack.put_sources(objects)
+    assert stack.run('jobsender').returncode == 0
+    workers = [stack.start('worker', name=f'r{n}.ini', BandwidthLimit=8, MaxParallelFile=4) for n in range(3)]
+    for kill in range(6):
+        time.sleep(rng.uniform(0.5, 2.0))
+        victim = workers.pop(rng.randrange(len(workers)))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        workers.append(stack.start('worker', name=f'r{kill}b.ini', BandwidthLimit=8, MaxParallelFile=4))
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)            # graceful: in-flight parts finish, jobs are released
+    for worker in workers:
+        worker.communicate(timeout=60)
+        assert worker.returncode in (0, 143, -signal.SIGTERM)     # (-15: stopped while still starting)
+    finish = [stack.start('worker', '--once', name=f'f{n}.ini') for n in range(2)]
+    for worker in finish:
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 0, err[-3000:]
+    assert bucket_contents(stack.seaweed, stack.dst) == copied(stack, objects)
+    assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 0
+    assert {item['state'] for item in stack.items().values()} == {'done'}
+    assert not stack.seaweed.client().list_multipart_uploads(Bucket=stack.dst).get('Uploads')
