@@ -15,6 +15,14 @@ Usage::
     python3 s3_upload.py --nogui --config job.ini --report report.json
     python3 s3_upload.py --nogui --set MaxThread=10 --set S3Prefix=backup
     python3 s3_upload.py --demo                        # a real transfer to a local S3 (moto)
+    python3 s3_upload.py --gui                         # the Tkinter window (default on Windows)
+
+Many machines ([Cluster] in the ini; deploy/ has the CloudFormation templates)::
+
+    python3 s3_upload.py jobsender --config job.ini    # one SQS message per object to copy
+    python3 s3_upload.py worker --config job.ini       # on each machine: copy the queued objects
+    python3 s3_upload.py status --config job.ini       # totals per state and the failed objects
+    s3_upload.lambda_handler                           # the same worker as an SQS-triggered Lambda
 
 A minimal ini names only what the job needs::
 
@@ -586,11 +594,6 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     # No "Expect: 100-continue": it costs a round trip per part on long links, and servers that
     # answer it late make the response unparseable (seen with SeaweedFS).
     client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
-    # Bodies stay bytes (not wrapped in BytesIO): urllib3 then sends a part with one sendall()
-    # instead of thousands of 16 KiB writes.
-    for operation in ('PutObject', 'UploadPart'):
-        client.meta.events.unregister(f'before-parameter-build.s3.{operation}',
-                                      botocore.handlers.convert_body_to_file_like_object)
     _cache_endpoint_rules(client, session)
     return client
 
@@ -1406,6 +1409,36 @@ class WriteOptions:
         return args
 
 
+class Payload:
+    """A request body handed to the socket in 256 KiB slices, without copying the data. urllib3 sends
+    a body under the connect timeout, and one sendall() of a whole part (what a bytes body gets) must
+    finish within it: on a slow, shared long link a 16 MiB part never would. A slice must only move
+    within it; and a few dozen sends per part cost nothing, unlike BytesIO's thousands of 16 KiB ones."""
+
+    SLICE = 256 * 1024
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.position = 0
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def read(self, amount: Optional[int] = -1) -> memoryview:
+        end = len(self.view) if amount is None or amount < 0 else self.position + max(amount, self.SLICE)
+        chunk = self.view[self.position:end]
+        self.position += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = max(0, min(len(self.view), offset + (self.position if whence == 1 else
+                                                               len(self.view) if whence == 2 else 0)))
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
 class Destination:
     """The bucket/prefix that receives the copies, with the S3 calls the engine needs."""
 
@@ -1555,7 +1588,7 @@ class Destination:
         return {self.checksum.parameter: b64(checksum)} if self.checksum and checksum is not None else {}
 
     def put(self, key: str, data: bytes, md5: bytes, args: Dict[str, Any], checksum: Optional[bytes]) -> str:
-        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=b64(md5),
+        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data), ContentMD5=b64(md5),
                                           **args, **self._checksum_arg(checksum))
         return _etag_of(response, 'PutObject')
 
@@ -1570,7 +1603,7 @@ class Destination:
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes,
                     checksum: Optional[bytes]) -> str:
         response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=data, ContentMD5=b64(md5), **self.payer,
+                                           Body=Payload(data), ContentMD5=b64(md5), **self.payer,
                                            **self._checksum_arg(checksum))
         return _etag_of(response, 'UploadPart')
 
@@ -2872,7 +2905,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='config keys (ini; case-insensitive; override any with --set KEY=VALUE):\n' + keys +
                '\n\nexit codes: 0 all files verified, 1 some files failed, 2 bad input/configuration, '
                '130/143 stopped by Ctrl-C/SIGTERM (resumable)\n'
-               'credentials: the normal boto3 chain (profiles, environment, instance roles)')
+               'credentials: the normal boto3 chain (profiles, environment, instance roles)\n'
+               'environment: S3UPLOAD_<Key> overrides the ini (e.g. S3UPLOAD_DesBucket); --set overrides both\n'
+               'cluster mode: s3_upload.py jobsender|worker|status --config PATH (see their --help)')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--nogui', action='store_true', help='run headless (default except on Windows)')
     mode.add_argument('--gui', action='store_true', help='open the Tkinter front end')
@@ -3987,6 +4022,7 @@ class Worker:
             message = f'cannot read the source s3://{job.src_bucket}/{job.src_key}: ' + (
                 str(error) if isinstance(error, SourceGone) else describe_error(error))
             logger.error('FAILED %s: %s', job.name, message)
+            self.progress.add(files_total=1)
             self.progress.fail(job.name, message)
             if status is not None:
                 status.unreadable(job, message)
