@@ -623,10 +623,11 @@ def _cache_endpoint_rules(client: Any, session: Any) -> None:
     resolver._get_provider_params = provider_params
 
 
-def client_for(config: Config, side: str, pool_size: int, credentials: Any = None) -> Any:
-    """The S3 client of the source ('Src') or destination ('Des') side of a job."""
-    return make_client(getattr(config, f'{side}ProfileName'), getattr(config, f'{side}EndPointURL'),
-                       getattr(config, f'{side}Region'), pool_size,
+def client_for(config: Config, side: str, pool_size: int, credentials: Any = None, region: str = '') -> Any:
+    """The S3 client of the source ('Src') or destination ('Des') side of a job; credentials (and their
+    region, unless the side names one) given here replace the side's profile."""
+    return make_client('' if credentials is not None else getattr(config, f'{side}ProfileName'),
+                       getattr(config, f'{side}EndPointURL'), getattr(config, f'{side}Region') or region, pool_size,
                        'source' if side == 'Src' else 'destination', config.RetryMode,
                        config.AddressingStyle, config.SignatureVersion, config.VerifyTLS, config.RequestTimeout,
                        credentials)
@@ -2822,6 +2823,12 @@ def setup_logging(config: Config, console: bool = True) -> str:
     return path
 
 
+def server_side_possible(config: Config, source_client: Any, destination_client: Any) -> bool:
+    """S3_TO_S3 may copy inside the store: allowed, one endpoint, one partition (auto falls back if denied)."""
+    return (config.ServerSideCopy == 'auto' and config.SrcEndPointURL == config.DesEndPointURL and
+            source_client.meta.partition == destination_client.meta.partition)
+
+
 def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Any, Destination, bool]:
     """Source and destination of a job, checked before anything is transferred, and whether the
     source can be copied server-side (same endpoint and partition)."""
@@ -2836,8 +2843,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
         src_client = client_for(config, 'Src', pool)
         source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex, config.ListPageSize,
                           retrier, config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
-        server_side = (config.ServerSideCopy == 'auto' and config.SrcEndPointURL == config.DesEndPointURL and
-                       src_client.meta.partition == des_client.meta.partition)
+        server_side = server_side_possible(config, src_client, des_client)
     else:
         source = OssSource.from_config(config, retrier)
     source.check()
@@ -3868,7 +3874,7 @@ class Cluster:
     """The services of cluster mode named in [Cluster]: the queue, the status table, and the keys of
     the other side from SSM."""
 
-    def __init__(self, config: Config, need_queue: bool = True, create_table: bool = False) -> None:
+    def __init__(self, config: Config, need_queue: bool = True) -> None:
         import socket
         self.config = config
         if need_queue and not config.SqsQueueUrl:
@@ -3893,12 +3899,9 @@ class Cluster:
 
     def s3(self, side: str, pool: int) -> Any:
         """The S3 client of one side; its keys from CredentialsParameter when that names this side."""
-        config, ours = self.config, self.credentials is not None and side == self.config.CredentialsFor
-        return make_client('' if ours else getattr(config, f'{side}ProfileName'), getattr(config, f'{side}EndPointURL'),
-                           getattr(config, f'{side}Region') or (self.credentials_region if ours else ''), pool,
-                           'source' if side == 'Src' else 'destination', config.RetryMode, config.AddressingStyle,
-                           config.SignatureVersion, config.VerifyTLS, config.RequestTimeout,
-                           self.credentials if ours else None)
+        if self.credentials is not None and side == self.config.CredentialsFor:
+            return client_for(self.config, side, pool, self.credentials, self.credentials_region)
+        return client_for(self.config, side, pool)
 
     def journal(self) -> Any:
         if self.status is not None:
@@ -4003,9 +4006,8 @@ class Worker:
                                   config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
                 destination = Destination(self.clients['Des'], job.des_bucket, '', WriteOptions.from_config(config),
                                           config.ListPageSize, self.retrier)
-                server_side = (config.ServerSideCopy == 'auto' and not config.CredentialsParameter and
-                               config.SrcEndPointURL == config.DesEndPointURL and
-                               self.clients['Src'].meta.partition == self.clients['Des'].meta.partition)
+                server_side = (not config.CredentialsParameter and
+                               server_side_possible(config, self.clients['Src'], self.clients['Des']))
                 self.engines[pair] = Engine(config, source, destination, self.journal, self.retrier, self.progress,
                                             None, server_side)
             return self.engines[pair]
