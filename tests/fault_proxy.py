@@ -11,7 +11,8 @@ and a regular expression on the path + query, fire a given number of times, and 
     status          answer `status` with S3 error `code` without forwarding (500 InternalError, 503 SlowDown...)
     corrupt         flip one byte of the request body before forwarding (the server's Content-MD5 check fails)
 
-`upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short.
+`upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
+`agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.upload_bytes = 0
         self.log: List[tuple] = []
+        self.agents: List[tuple] = []
         proxy = self
 
         class Handler(ProxyHandler):
@@ -117,6 +119,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         method, target = self.command, self.path
         length = int(self.headers.get('Content-Length') or 0)
         rule = self.owner.take(method, target)
+        self.owner.agents.append((method, target, self.headers.get('User-Agent', '')))
         if rule and rule.action == 'reset_request':
             self.rfile.read(length // 2)
             self.owner.log.append((method, target, 'reset_request'))

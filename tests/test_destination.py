@@ -189,3 +189,63 @@ def test_sse_kms_with_key_id(moto, tool, tmp_path):
     for key in ('k.txt', 'm.bin'):
         head = moto.client().head_object(Bucket=bucket, Key=key)
         assert head['ServerSideEncryption'] == 'aws:kms' and head['SSEKMSKeyId'] == key_id
+
+
+LANE_KEYS = {'plain.txt': b'plain', 'odd name+%41~=&;,$@!(1).txt': b'odd', 'ünï/ключ 名.txt': b'utf-8',
+             'dots./x..y/~tilde =.txt': b'dots', 'empty': b''}
+
+
+@pytest.mark.parametrize('use_crt', ['auto', 'never'])
+def test_small_puts_take_the_crt_lane_with_every_header(use_crt, moto, seaweed, tool):
+    """With awscrt installed, small PutObjects are signed and sent by the C runtime (SeaweedFS checks the
+    signature of odd keys and Content-MD5), carrying metadata and tags; parts still go through botocore."""
+    from fault_proxy import FaultProxy
+    src_bucket, dst_bucket = moto.bucket('src'), seaweed.bucket('dst')
+    client = moto.client()
+    for key, body in LANE_KEYS.items():
+        client.put_object(Bucket=src_bucket, Key=key, Body=body, ContentType='text/x-test',
+                          Metadata={'camera': 'x100'}, Tagging='team=red')
+    large = random_bytes(6 * MiB, 8)
+    client.put_object(Bucket=src_bucket, Key='large.bin', Body=large)
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        run = tool.run(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, DesEndPointURL=proxy.endpoint,
+                                ChunkSize=5, CopyTags=True, UseCRT=use_crt))
+    finally:
+        proxy.stop()
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, dst_bucket) == {**LANE_KEYS, 'large.bin': large}
+    head = seaweed.client().head_object(Bucket=dst_bucket, Key='ünï/ключ 名.txt')
+    assert head['ContentType'] == 'text/x-test' and head['Metadata']['camera'] == 'x100'
+    assert head['Metadata']['s3u-src-etag'] and head['Metadata']['s3u-checksum'] == 'md5'
+    tags = seaweed.client().get_object_tagging(Bucket=dst_bucket, Key='dots./x..y/~tilde =.txt')['TagSet']
+    assert tags == [{'Key': 'team', 'Value': 'red'}]
+    puts = [(target, agent) for method, target, agent in proxy.agents if method == 'PUT']
+    small = [agent for target, agent in puts if 'large.bin' not in target]
+    parts = [agent for target, agent in puts if 'partNumber=' in target]
+    assert len(small) == len(LANE_KEYS) and len(parts) == 2
+    assert all(('awscrt' in agent) == (use_crt == 'auto') for agent in small), small
+    assert all('botocore' in agent and 'awscrt' not in agent for agent in parts), parts
+
+
+def test_crt_lane_serialises_headers_like_botocore_and_leaves_non_ascii_to_it():
+    import s3_upload
+    client = s3_upload.make_client('', 'http://127.0.0.1:9', 'us-east-1', 2, credentials=_keys(), lane=True)
+    lane = client.crt_lane
+    assert lane is not None, 'awscrt is in requirements.txt: the lane must exist'
+    retain = datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
+    headers = lane.headers({'ContentMD5': 'bWQ1', 'Metadata': {'a': '1'}, 'StorageClass': 'STANDARD_IA',
+                            'Expires': retain, 'ObjectLockRetainUntilDate': retain, 'BucketKeyEnabled': True})
+    assert headers == [('Content-MD5', 'bWQ1'), ('x-amz-meta-a', '1'), ('x-amz-storage-class', 'STANDARD_IA'),
+                       ('Expires', 'Mon, 03 Feb 2031 04:05:06 GMT'),
+                       ('x-amz-object-lock-retain-until-date', '2031-02-03T04:05:06Z'),
+                       ('x-amz-server-side-encryption-bucket-key-enabled', 'true')]
+    assert lane.headers({'Metadata': {'place': 'Zürich'}}) is None
+    assert lane.put('bucket', 'key', b'data', {'Metadata': {'place': 'Zürich'}}) is None   # no request sent
+    never = s3_upload.make_client('', 'http://127.0.0.1:9', 'us-east-1', 2, credentials=_keys(), lane=False)
+    assert never.crt_lane is None
+
+
+def _keys():
+    import botocore.credentials
+    return botocore.credentials.Credentials('AKIDEXAMPLE', 'secret')

@@ -37,6 +37,7 @@ RECOVERABLE = {
     'reset mid-request (PutObject)': ('reset_request', 'PUT', r'/small\.txt$', {}),
     'reset mid-response (listing)': ('reset_response', 'GET', r'list-type=2.*max-keys=1000', {}),
     'stall (UploadPart)': ('stall', 'PUT', r'partNumber=3', {'seconds': 5}),
+    'stall (PutObject)': ('stall', 'PUT', r'/small\.txt$', {'seconds': 5}),
     'truncated response (listing)': ('truncate', 'GET', r'list-type=2.*max-keys=1000', {}),
     '500 InternalError': ('status', 'PUT', r'partNumber=', {'status': 500, 'code': 'InternalError', 'times': 3}),
     '503 SlowDown throttling': ('status', None, r'/multi\.bin|/small', {'status': 503, 'code': 'SlowDown', 'times': 12}),
