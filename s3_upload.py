@@ -543,15 +543,16 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     """A thread-safe S3 client for one profile + endpoint, sized for the transfer's concurrency
     (credentials, when given, replace the profile's: keys from SSM in cluster mode); lane=True gives it
     a CrtLane (client.crt_lane) for small PutObjects when awscrt is installed."""
-    import boto3
-    import botocore.config
+    import botocore.config      # botocore's own session: boto3 would add 0.1 s of imports to every start
     import botocore.exceptions
     import botocore.handlers
+    import botocore.session
     profile_name = profile.strip() or None
     try:
-        if profile_name == 'default' and 'default' not in boto3.session.Session().available_profiles:
+        if profile_name == 'default' and 'default' not in botocore.session.Session().available_profiles:
             profile_name = None  # 'default' without a profile file: environment / instance role
-        session = boto3.session.Session(profile_name=profile_name)
+        session = botocore.session.Session(profile=profile_name)
+        session.get_scoped_config()     # a missing profile fails here, not at the first request
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f'AWS profile {profile!r} ({role}) not found in ~/.aws/credentials or '
                           f'~/.aws/config: create it with "aws configure --profile {profile}" or fix the '
@@ -559,7 +560,7 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     except botocore.exceptions.BotoCoreError as error:
         raise ConfigError(f'cannot load AWS profile {profile!r} ({role}): {describe_error(error)}') from None
     if credentials is not None:
-        session._session._credentials = credentials     # botocore's documented-by-use hook for custom providers
+        session._credentials = credentials      # botocore's documented-by-use hook for custom providers
     try:
         credentials = session.get_credentials()
     except botocore.exceptions.BotoCoreError as error:
@@ -589,12 +590,12 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
         # S3-compatible stores may reject the flexible-checksum headers botocore >= 1.36 adds by default.
         options.update(request_checksum_calculation='when_required',
                        response_checksum_validation='when_required')
-    region_name = region or session.region_name or 'us-east-1'
+    region_name = region or session.get_config_variable('region') or 'us-east-1'
     if not verify_tls:
         logger.warning('TLS certificate verification is OFF for the %s endpoint (VerifyTLS = False)', role)
     try:
-        client = session.client('s3', endpoint_url=endpoint, region_name=region_name, verify=verify_tls,
-                                config=botocore.config.Config(**options))
+        client = session.create_client('s3', endpoint_url=endpoint, region_name=region_name, verify=verify_tls,
+                                       config=botocore.config.Config(**options))
     except (botocore.exceptions.BotoCoreError, ValueError) as error:
         raise ConfigError(f'cannot create the {role} S3 client: {describe_error(error)}') from None
     # No "Expect: 100-continue": it costs a round trip per part on long links, and servers that
@@ -614,7 +615,7 @@ def _cache_endpoint_rules(client: Any, session: Any) -> None:
     if original is None:
         return
     try:
-        loader = session._session.get_component('data_loader')
+        loader = session.get_component('data_loader')
         rules = loader.load_service_model('s3', 'endpoint-rule-set-1', client.meta.service_model.api_version)
     except Exception:  # noqa: BLE001 - an optimisation only
         return
@@ -3777,16 +3778,17 @@ def jobs_from_message(body: str, config: Config) -> List[Job]:
 
 def _service_client(config: Config, service: str, endpoint: Optional[str]) -> Any:
     """An SQS / DynamoDB / SSM client of the cluster's profile and region."""
-    import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.session
     try:
-        session = boto3.session.Session(profile_name=config.ClusterProfileName or None)
-        return session.client(service, endpoint_url=endpoint,
-                              region_name=config.ClusterRegion or session.region_name or 'us-east-1',
-                              config=botocore.config.Config(retries={'mode': config.RetryMode, 'max_attempts': 10},
-                                                            max_pool_connections=config.MaxParallelFile + 8,
-                                                            connect_timeout=10, read_timeout=60))
+        session = botocore.session.Session(profile=config.ClusterProfileName or None)
+        region = config.ClusterRegion or session.get_config_variable('region') or 'us-east-1'
+        return session.create_client(service, endpoint_url=endpoint, region_name=region,
+                                     config=botocore.config.Config(retries={'mode': config.RetryMode,
+                                                                            'max_attempts': 10},
+                                                                   max_pool_connections=config.MaxParallelFile + 8,
+                                                                   connect_timeout=10, read_timeout=60))
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f'AWS profile {config.ClusterProfileName!r} (ClusterProfileName) not found: create it '
                           'or fix the name') from None
