@@ -202,7 +202,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _text, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
     Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _text, 'OSS AccessKey secret (better: env OSS_ACCESS_KEY_SECRET)'),
     Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _text, 'OSS endpoint host, or a full http(s):// URL'),
-    Option('Advanced', 'ChunkSize', '16', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
+    Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
     Option('Advanced', 'MaxParallelFile', '64', _int_range(1, 256), 'files in flight'),
