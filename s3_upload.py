@@ -1214,7 +1214,9 @@ class S3Source:
             yield self._describe(item['Key'], item['Size'], item.get('ETag', ''))
 
     def _describe(self, full_key: str, size: int, etag: str) -> SourceObject:
+        """The object, its ETag quoted as GET answers it (some stores list ETags without the quotes)."""
         key = full_key[len(self.prefix):]
+        etag = etag if not etag or etag.startswith(('"', 'W/')) else f'"{etag}"'
         return SourceObject(key, size, etag, full_key, _key_problem(key))
 
     def _get(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
@@ -1224,7 +1226,7 @@ class S3Source:
             response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **pin, **self.extra, **args)
         except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
             raise self._translate(error) from None
-        if obj.version and response.get('ETag') and response['ETag'] != obj.version:
+        if obj.version and response.get('ETag') and clean_etag(response['ETag']) != clean_etag(obj.version):
             raise SourceChanged('source object was overwritten during the copy')   # If-Match ignored
         return response
 
