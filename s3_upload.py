@@ -1621,13 +1621,32 @@ class Destination:
     def key_for(self, relative_key: str) -> str:
         return self.prefix + relative_key
 
-    def check(self, write: bool = True) -> None:
-        """Listing (and, unless write=False, writing) works; the write check leaves nothing behind."""
-        import botocore.exceptions
+    def check(self, write: bool = True, index: bool = False) -> None:
+        """Listing (and, unless write=False, writing) works; the write check leaves nothing behind.
+        index=True also loads the upload index, alongside the write check (round trips count on long links)."""
         check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer)
-        if not write:
-            return
-        probe = self.prefix + '.s3_upload-write-check'
+        with ThreadPoolExecutor(1, 'check') as beside:
+            loading = beside.submit(self.load_upload_index) if index else None
+            if write:
+                self._write_check()
+            if loading and loading.exception():
+                self._load_index_after(loading.exception())
+
+    def _load_index_after(self, error: BaseException) -> None:
+        """Load the upload index again, alone (rclone cannot list uploads while one is aborted); without
+        it every multipart file lists its own key's uploads."""
+        try:
+            self.load_upload_index()
+        except Exception as again:  # noqa: BLE001 - an optimisation only
+            logger.warning('cannot list the unfinished uploads at the destination (%s, then %s); each file '
+                           'asks for its own', describe_error(error), describe_error(again))
+
+    PROBE = '.s3_upload-write-check'
+
+    def _write_check(self) -> None:
+        """Start and abort a multipart upload: proves s3:PutObject and the write options."""
+        import botocore.exceptions
+        probe = self.prefix + self.PROBE
         try:
             upload_id = self.create_upload(probe, {})
         except botocore.exceptions.ClientError as error:
@@ -1642,8 +1661,6 @@ class Destination:
                               f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}') from None
         try:
             self.abort(probe, upload_id)
-            for leftover in self.uploads_for(probe):     # write checks of runs killed mid-check
-                self.abort(probe, leftover.upload_id)
         except botocore.exceptions.ClientError as error:
             logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
 
@@ -1709,6 +1726,9 @@ class Destination:
             if not next_markers[0] or next_markers == (key_marker, upload_marker) or count > self.INDEX_LIMIT:
                 return        # cannot page on (or too many): ask per key instead
             key_marker, upload_marker = next_markers
+        for leftover in index.pop(self.prefix + self.PROBE, ()):     # write checks of runs killed mid-check
+            with contextlib.suppress(Exception):
+                self.abort(leftover.key, leftover.upload_id)
         with self.index_lock:
             self.index = index
 
@@ -3006,7 +3026,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
     else:
         source = OssSource.from_config(config, retrier)
     source.check()
-    destination.check(write=write_check)
+    destination.check(write=write_check, index=write_check)
     return source, destination, server_side
 
 
@@ -3038,8 +3058,6 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         offer_clean(config, destination, source)
     os.makedirs(config.LogDir, exist_ok=True)
     journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
-    if not dry_run:
-        destination.load_upload_index()
     engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
     logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
                 config.JobType, source.describe(), destination.describe(), config.ChunkSize,

@@ -249,3 +249,16 @@ def test_crt_lane_serialises_headers_like_botocore_and_leaves_non_ascii_to_it():
 def _keys():
     import botocore.credentials
     return botocore.credentials.Credentials('AKIDEXAMPLE', 'secret')
+
+
+def test_write_check_of_a_run_killed_mid_check_is_cleaned_up(seaweed, tool, tmp_path):
+    """The write check (a multipart upload started and aborted) of a run killed in between is aborted by
+    the next run, which found it while loading the upload index alongside its own check."""
+    from conftest import unfinished_uploads
+    bucket = seaweed.bucket()
+    seaweed.client().create_multipart_upload(Bucket=bucket, Key='in/.s3_upload-write-check')
+    src = write_tree(tmp_path / 'src', {'a.txt': b'a'})
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='in'))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == {'in/a.txt': b'a'}
+    assert unfinished_uploads(seaweed, bucket) == []
