@@ -211,7 +211,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
     Option('Advanced', 'LoggingLevel', 'INFO', _choice(*LOG_LEVELS), 'DEBUG | INFO | WARNING | ERROR'),
-    Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')), 'files smaller than this (MiB) go in one PutObject (default: ChunkSize)'),
+    Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')), 'files up to this size (MiB) go in one PutObject (default: ChunkSize)'),
     Option('Advanced', 'LogDir', 'log', _text, 'folder for log files and the resume journal'),
     Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'), 'upper bound on upload rate in MiB/s (0 = none)'),
     Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
@@ -2175,7 +2175,8 @@ class Progress:
 
 
 class RateLimiter:
-    """A token bucket shared by all threads: caps the upload rate at BandwidthLimit."""
+    """A token bucket shared by all threads: caps the upload rate at BandwidthLimit. A request still
+    waiting for its turn when the run stops is not sent (Stopped), rather than sent unthrottled."""
 
     def __init__(self, bytes_per_second: float, stop: threading.Event) -> None:
         self.rate = bytes_per_second
@@ -2190,8 +2191,8 @@ class RateLimiter:
             now = time.monotonic()
             start = max(now, self.next_free)
             self.next_free = start + nbytes / self.rate
-        if start > now:
-            self.stop.wait(start - now)
+        if start > now and self.stop.wait(start - now):
+            raise Stopped()
 
 
 class MemoryBudget:
@@ -2263,7 +2264,7 @@ class FileTransfer:
                 try:
                     how = self._copy()
                     self.progress.verified(how)
-                    logger.log(logging.INFO if task.source.size >= self.config.threshold_bytes else logging.DEBUG,
+                    logger.log(logging.INFO if task.source.size > self.config.threshold_bytes else logging.DEBUG,
                                'done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
                     return None
                 except RestartFile as change:
@@ -2286,7 +2287,7 @@ class FileTransfer:
 
     def _copy(self) -> str:
         obj = self.task.source
-        small = obj.size == 0 or (obj.size < self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE)
+        small = obj.size == 0 or (obj.size <= self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE)
         if self.engine.server_side.enabled:
             try:
                 return self._copy_object() if small else MultipartCopy(self, server_side=True).run()
@@ -2748,7 +2749,8 @@ class Engine:
         pending: set = set()
         error: Optional[BaseException] = None
         while queue or pending:
-            while queue and len(pending) < self.config.MaxThread and error is None and not stop.is_set():
+            while (queue and len(pending) < self.config.MaxThread and error is None and not stop.is_set()
+                   and not self.stop.is_set()):
                 pending.add(self.part_pool.submit(send, upload_id, part_size, queue.pop()))
             if not pending:
                 break

@@ -308,3 +308,17 @@ def test_compare_mode_identity_for_s3_sources(moto, seaweed, tool):
     run = tool.run(settings)
     assert run.report['files_transferred'] == 1
     assert bucket_contents(seaweed, dst_bucket) == {'k': b'2222'}
+
+
+def test_a_file_of_exactly_the_threshold_goes_in_one_put(seaweed, tool, tmp_path):
+    """ResumableThreshold (= ChunkSize here) is the largest single PutObject: a one-part multipart upload
+    would cost two more round trips and resume nothing."""
+    files = {'at.bin': random_bytes(5 * MiB, 1), 'over.bin': random_bytes(5 * MiB + 1, 2)}
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files), ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == files
+    client = seaweed.client()
+    assert '-' not in client.head_object(Bucket=bucket, Key='at.bin')['ETag']
+    assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-2')
+    assert run.report['parts_uploaded'] == 1 + 2
