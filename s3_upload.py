@@ -989,7 +989,8 @@ class SourceChanged(RestartFile):
 
 
 class UploadLost(RestartFile):
-    """The destination no longer has the multipart upload (aborted elsewhere, or dropped by the store)."""
+    """The multipart upload is gone or cannot be completed (aborted elsewhere, dropped or refused by the
+    store): the file starts over."""
 
 
 class SourceGone(Exception):
@@ -2580,6 +2581,10 @@ class MultipartCopy:
             return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
                               self.key, upload_id, parts, full_checksum)
         except Exception as error:  # noqa: BLE001
+            if error_code(error) in ('InvalidPart', 'InvalidPartOrder'):
+                # A part the store listed but will not use: e.g. one cut off by a kill (rclone serve s3).
+                self._discard(upload_id, f'the store refused a part it had listed ({describe_error(error)})')
+                raise UploadLost('the store refused a listed part of the upload') from None
             if error_code(error) != 'NoSuchUpload':
                 raise
             # A retried Complete after the server already applied it: the object proves it.

@@ -45,6 +45,7 @@ RECOVERABLE = {
     'corrupted part body': ('corrupt', 'PUT', r'partNumber=1', {'times': 2}),
     'corrupted PutObject body': ('corrupt', 'PUT', r'/small\.txt$', {}),
     '500 on CompleteMultipartUpload': ('status', 'POST', r'uploadId=', {'status': 500, 'code': 'InternalError'}),
+    'InvalidPart on CompleteMultipartUpload': ('status', 'POST', r'uploadId=', {'status': 400, 'code': 'InvalidPart'}),
 }
 
 
