@@ -59,6 +59,7 @@ import difflib
 import email.utils
 import fnmatch
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -672,12 +673,14 @@ class CrtLane:
             else:
                 options.override_default_trust_store_from_path(ca_filepath=os.environ['AWS_CA_BUNDLE'])
             tls = awscrt.io.ClientTlsContext(options).new_connection_options()
+        options = {'max_active_connections_override': pool_size, 'connect_timeout_ms': min(10, timeout) * 1000}
+        accepted = inspect.signature(awscrt.s3.S3Client.__init__).parameters      # awscrt versions differ
         loops = awscrt.io.EventLoopGroup()
         self.s3 = awscrt.s3.S3Client(
             bootstrap=awscrt.io.ClientBootstrap(loops, awscrt.io.DefaultHostResolver(loops)),
             region=client.meta.region_name, signing_config=signing, tls_connection_options=tls,
             tls_mode=awscrt.s3.S3RequestTlsMode.ENABLED if self.https else awscrt.s3.S3RequestTlsMode.DISABLED,
-            max_active_connections_override=pool_size, connect_timeout_ms=min(10, timeout) * 1000)
+            **{name: value for name, value in options.items() if name in accepted})
 
     @classmethod
     def create(cls, client: Any, credentials: Any, verify_tls: bool, pool_size: int,
@@ -986,6 +989,10 @@ class RestartFile(Exception):
 
 class SourceChanged(RestartFile):
     """The source object changed while it was being copied."""
+
+
+class PartsRefused(Exception):
+    """CompleteMultipartUpload refused a part (InvalidPart): find it and send it again."""
 
 
 class UploadLost(RestartFile):
@@ -2005,10 +2012,14 @@ def plan(source_objects: Iterable[SourceObject], destination: Destination, filte
 
 
 class ResumeJournal:
-    """Which source each multipart upload we started belongs to, so reused parts are provably right.
+    """Which source each multipart upload we started belongs to, and which parts the store acknowledged
+    (with their ETags), so reused parts are provably right.
 
-    A JSON-lines file of {"op": "open"|"close", ...}; compacted on start, fsync'ed on each open, and
-    read again when another process (a second worker on this machine) has added to it.
+    A JSON-lines file of {"op": "open"|"part"|"close", ...}; compacted on start, and read again when
+    another process (a second worker on this machine) has added to it. A part the store listed but never
+    acknowledged (its answer was cut off by a kill) is sent again. Lines are not fsync'ed: a kill loses
+    none (they are in the OS's cache), and after a power cut an upload without its line is proven by
+    re-hashing local parts or started over, never trusted.
     """
 
     def __init__(self, path: str) -> None:
@@ -2028,7 +2039,11 @@ class ResumeJournal:
                     except ValueError:
                         continue  # a line cut short by a crash
                     if record.get('op') == 'open':
+                        if 'parts' in record:       # journals of version 2.0 have no parts: all listed are kept
+                            record['parts'] = {int(n): etag for n, etag in record['parts'].items()}
                         entries[record['upload_id']] = record
+                    elif record.get('op') == 'part' and 'parts' in entries.get(record.get('upload_id'), {}):
+                        entries[record['upload_id']]['parts'][int(record['number'])] = record['etag']
                     elif record.get('op') == 'close':
                         entries.pop(record.get('upload_id'), None)
                 self.seen_size = os.fstat(handle.fileno()).st_size
@@ -2049,20 +2064,26 @@ class ResumeJournal:
                 handle.write(json.dumps(record) + '\n')
         os.replace(temporary, self.path)
 
-    def _append(self, record: Dict[str, Any], sync: bool) -> None:
+    def _append(self, record: Dict[str, Any]) -> None:
         with self.lock:
             with _private_open(self.path, append=True) as handle:
                 handle.write(json.dumps(record) + '\n')
-                if sync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
 
     def record(self, bucket: str, key: str, upload_id: str, identity: str, part_size: int) -> None:
         entry = {'op': 'open', 'bucket': bucket, 'key': key, 'upload_id': upload_id,
-                 'identity': identity, 'part_size': part_size, 'time': time.time()}
+                 'identity': identity, 'part_size': part_size, 'time': time.time(), 'parts': {}}
         with self.lock:
             self.entries[upload_id] = entry
-        self._append(entry, sync=True)
+        self._append(entry)
+
+    def part_done(self, upload_id: str, number: int, etag: str) -> None:
+        """The store acknowledged this part with this ETag."""
+        with self.lock:
+            entry = self.entries.get(upload_id)
+            if entry is None or 'parts' not in entry:
+                return
+            entry['parts'][number] = clean_etag(etag)
+        self._append({'op': 'part', 'upload_id': upload_id, 'number': number, 'etag': clean_etag(etag)})
 
     def get(self, bucket: str, key: str, upload_id: str) -> Optional[Dict[str, Any]]:
         with self.lock:
@@ -2078,7 +2099,7 @@ class ResumeJournal:
         with self.lock:
             known = self.entries.pop(upload_id, None)
         if known is not None:
-            self._append({'op': 'close', 'upload_id': upload_id}, sync=False)
+            self._append({'op': 'close', 'upload_id': upload_id})
 
     def _grown(self) -> bool:
         try:
@@ -2123,6 +2144,7 @@ class Progress:
         self.files_excluded = 0
         self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
         self.bytes_copied_server_side = 0
+        self.bytes_redone = 0                    # counted as done, then sent again (a file started over)
         self.parts_uploaded = self.parts_resumed = 0
         self.verified_by: Dict[str, int] = {}
         self.failures: List[Dict[str, str]] = []
@@ -2147,6 +2169,13 @@ class Progress:
             if key in self.active:
                 self.active[key][0] += nbytes
 
+    def file_restarted(self, key: str) -> None:
+        """The file starts over: what it had done no longer counts towards the job."""
+        with self.lock:
+            if key in self.active:
+                self.bytes_redone += self.active[key][0]
+                self.active[key][0] = 0
+
     def file_ended(self, key: str) -> None:
         with self.lock:
             self.active.pop(key, None)
@@ -2158,7 +2187,8 @@ class Progress:
 
     @property
     def bytes_done(self) -> int:
-        return self.bytes_transferred + self.bytes_resumed + self.bytes_skipped + self.bytes_copied_server_side
+        return (self.bytes_transferred + self.bytes_resumed + self.bytes_skipped + self.bytes_copied_server_side
+                - self.bytes_redone)
 
     @property
     def files_done(self) -> int:
@@ -2169,7 +2199,8 @@ class Progress:
             counts = {name: getattr(self, name) for name in (
                 'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
                 'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
-                'parts_uploaded', 'parts_resumed', 'listing_done')}
+                'bytes_redone', 'parts_uploaded', 'parts_resumed', 'listing_done')}
+            counts['bytes_done'] = self.bytes_done
             counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
         counts['seconds'] = time.monotonic() - self.started
         return counts
@@ -2273,7 +2304,7 @@ class FileTransfer:
                         raise SourceGone(f'gave up after {self.MAX_REDO} restarts: {change}') from None
                     logger.warning('%s: %s; starting this file again', task.key, change)
                     self.task = task = dataclasses.replace(task, source=self.source.current(task.source))
-                    self.progress.file_ended(task.key)
+                    self.progress.file_restarted(task.key)
                     self.progress.file_started(task.key, task.source.size)
         except Stopped:
             raise
@@ -2437,10 +2468,32 @@ class MultipartCopy:
             logger.info('%s: %s %d of %d parts (%s each)%s', self.key,
                         'copying inside the store' if self.server_side else 'sending', len(missing), count,
                         human_bytes(part_size), f', {len(kept)} already there' if kept else '')
+        self._send_parts(upload_id, part_size, missing, done)
+        parts = [done[n] for n in sorted(done)]
+        self._fill_missing_checksums(parts, part_size)
+        end_to_end = self._check_end_to_end(parts, upload_id)
+        if self.source.changed(self.obj):
+            self._discard(upload_id, 'the source changed during the upload')
+            raise SourceChanged('source changed during the upload')
+        full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
+            if self.destination.checksum and self.destination.checksum.full_object else ''
+        try:
+            etag = self._complete(upload_id, parts, full)
+        except PartsRefused:
+            self._send_parts(upload_id, part_size, self._refused(upload_id, done, kept), done)
+            parts = [done[n] for n in sorted(done)]
+            etag = self._complete(upload_id, parts, full, last_try=True)
+        self.engine.journal.forget(upload_id)
+        self.destination.forget_upload(self.key, upload_id)
+        return self._verify(etag, parts, info, end_to_end)
+
+    def _send_parts(self, upload_id: str, part_size: int, numbers: List[int], done: Dict[int, PartDone]) -> None:
+        """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged."""
         send = self._copy_part if self.server_side else self._send_part
         try:
-            for part in self.engine.run_parts(send, upload_id, part_size, missing, self.transfer.stop):
+            for part in self.engine.run_parts(send, upload_id, part_size, numbers, self.transfer.stop):
                 done[part.number] = part
+                self.engine.journal.part_done(upload_id, part.number, part.etag)
         except SourceGone as gone:
             self._discard(upload_id, f'it can never be completed: {gone}')
             raise
@@ -2452,18 +2505,25 @@ class MultipartCopy:
                 self.engine.journal.forget(upload_id)
                 raise UploadLost('the destination dropped the multipart upload') from None
             raise
-        parts = [done[n] for n in sorted(done)]
-        self._fill_missing_checksums(parts, part_size)
-        end_to_end = self._check_end_to_end(parts, upload_id)
-        if self.source.changed(self.obj):
-            self._discard(upload_id, 'the source changed during the upload')
-            raise SourceChanged('source changed during the upload')
-        full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
-            if self.destination.checksum and self.destination.checksum.full_object else ''
-        etag = self._complete(upload_id, parts, full)
-        self.engine.journal.forget(upload_id)
-        self.destination.forget_upload(self.key, upload_id)
-        return self._verify(etag, parts, info, end_to_end)
+
+    def _refused(self, upload_id: str, done: Dict[int, PartDone], kept: Dict[int, Part]) -> List[int]:
+        """After Complete refused a part: the parts to send again. Those the store now lists otherwise
+        than it acknowledged them, or, when it lists every part as it should, the ones kept from an
+        earlier run. Nothing to suspect: the upload is abandoned and the file sent again."""
+        listed = {part.number: part for part in self.retry(f'ListParts {self.key}', self.destination.parts,
+                                                           self.key, upload_id)}
+        differ = [n for n, part in sorted(done.items()) if n not in listed or listed[n].size != part.size
+                  or clean_etag(listed[n].etag) != clean_etag(part.etag)]
+        suspects = differ or sorted(kept)
+        if not suspects:
+            self._discard(upload_id, 'the store refused parts that it lists as they were sent')
+            raise UploadLost('the store refused the parts of the upload') from None
+        logger.warning('%s: the store refused a part at completion; sending %d part(s) again (%s)', self.key,
+                       len(suspects), 'listed otherwise than acknowledged' if differ else 'kept from an earlier run')
+        for number in suspects:
+            self.progress.file_advanced(self.key, -done[number].size)
+            self.progress.add(bytes_redone=done[number].size)
+        return suspects
 
     def _resume_or_start(self, planned: int, info: Info) -> Tuple[str, int, Dict[int, Part]]:
         """The upload to continue (with its part size and the parts proven to be ours) or a new one."""
@@ -2494,6 +2554,8 @@ class MultipartCopy:
             raise
         entry = self.engine.journal.get(self.bucket, self.key, upload.upload_id)
         trusted = entry is not None and entry['identity'] == self.obj.identity
+        if trusted and 'parts' in entry and not self.config.ifVerifyMD5:
+            return self._acknowledged(upload.upload_id, entry, parts)
         candidates = ([entry['part_size']] if entry else []) + \
                      ([max(p.size for p in parts)] if parts else []) + [planned]
         part_size = next((size for size in candidates if parts_fit(parts, self.obj.size, size)), None)
@@ -2514,6 +2576,22 @@ class MultipartCopy:
         if not trusted:
             self.engine.journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, part_size)
         return upload.upload_id, part_size, kept
+
+    def _acknowledged(self, upload_id: str, entry: Dict[str, Any], parts: List[Part]
+                      ) -> Optional[Tuple[str, int, Dict[int, Part]]]:
+        """Parts of an upload we started: keep those the store acknowledged to us with the ETag it lists
+        now; any other (cut off by a kill, or changed since) is sent again."""
+        part_size = entry['part_size']
+        if not parts_fit([], self.obj.size, part_size):
+            self._discard(upload_id, 'its part size does not fit the current source')
+            return None
+        acknowledged = entry['parts']
+        kept = {part.number: part for part in parts
+                if acknowledged.get(part.number) == clean_etag(part.etag) and parts_fit([part], self.obj.size, part_size)}
+        if len(kept) < len(parts):
+            logger.info('%s: %d listed part(s) were never acknowledged to us as they are now; sending them again',
+                        self.key, len(parts) - len(kept))
+        return upload_id, part_size, kept
 
     def _part_matches(self, part: Part, part_size: int) -> bool:
         """Re-read one uploaded part from the source and compare its MD5 with the part's ETag."""
@@ -2576,14 +2654,17 @@ class MultipartCopy:
             raise RestartFile(f'data read does not match the source\'s {self.whole.name}')
         return True
 
-    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str) -> str:
+    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str, last_try: bool = False) -> str:
         try:
             return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
                               self.key, upload_id, parts, full_checksum)
         except Exception as error:  # noqa: BLE001
             if error_code(error) in ('InvalidPart', 'InvalidPartOrder'):
-                # A part the store listed but will not use: e.g. one cut off by a kill (rclone serve s3).
-                self._discard(upload_id, f'the store refused a part it had listed ({describe_error(error)})')
+                # A part the store listed but will not use: e.g. one overwritten by a request of a killed
+                # run that the store finished late (rclone serve s3).
+                if not last_try:
+                    raise PartsRefused(describe_error(error)) from None
+                self._discard(upload_id, f'the store refused a part again ({describe_error(error)})')
                 raise UploadLost('the store refused a listed part of the upload') from None
             if error_code(error) != 'NoSuchUpload':
                 raise
@@ -3667,7 +3748,7 @@ class App:
 
     def show(self, run: TransferRun) -> None:
         p = run.progress.snapshot()
-        done = p['bytes_transferred'] + p['bytes_resumed'] + p['bytes_skipped'] + p['bytes_copied_server_side']
+        done = p['bytes_done']
         now = time.monotonic()
         self.rates = [r for r in self.rates if now - r[0] < 10] + [(now, p['bytes_transferred'] + p['bytes_copied_server_side'])]
         span = self.rates[-1][0] - self.rates[0][0]
@@ -3997,6 +4078,9 @@ class TableJournal:
             entry['part_size'] = int(entry['part_size'])
             return entry
         return None
+
+    def part_done(self, upload_id: str, number: int, etag: str) -> None:
+        """Parts are not recorded in the table (a write per part); resume keeps every listed part that fits."""
 
     def forget(self, upload_id: str) -> None:
         self.table.client.delete_item(TableName=self.table.name, Key={StatusTable.KEY: {'S': self.PREFIX + upload_id}})

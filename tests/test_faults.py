@@ -115,6 +115,51 @@ def test_expired_token_before_any_transfer_exits_2(seaweed, proxy, tool, tmp_pat
     assert run.code == 2 and 'credentials rejected' in run.stderr and 'ExpiredToken' in run.stderr
 
 
+def test_part_changed_at_the_store_before_completion_is_sent_again(moto, tool, tmp_path):
+    """A part the store holds otherwise than it acknowledged it (as a killed run's late request can leave
+    it): Complete refuses it (InvalidPart), that part alone is sent again, and the object is whole."""
+    data = random_bytes(15 * MiB, 32)
+    src = write_tree(tmp_path / 'src', {'big.bin': data})
+    bucket = moto.bucket()
+    fault_proxy = FaultProxy(moto.endpoint)
+    try:
+        fault_proxy.add('stall', 'PUT', r'partNumber=3', seconds=4)      # time to change part 1 before Complete
+        process = tool.start(proxied(moto, fault_proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=1))
+        if len(wait_for_parts(moto, bucket, 'big.bin', 3, timeout=30)) < 3:
+            process.kill()
+            pytest.fail(f'the upload never held 3 parts: {process.communicate()[1].decode()[-2000:]}')
+        client = moto.client()
+        upload_id = client.list_multipart_uploads(Bucket=bucket)['Uploads'][0]['UploadId']
+        client.upload_part(Bucket=bucket, Key='big.bin', UploadId=upload_id, PartNumber=1, Body=b'\0' * (5 * MiB))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        fault_proxy.stop()
+    assert process.returncode == 0, stderr
+    assert 'sending 1 part(s) again (listed otherwise than acknowledged)' in stderr.decode()
+    assert bucket_contents(moto, bucket) == {'big.bin': data}
+    assert unfinished_uploads(moto, bucket) == []
+
+
+def test_part_stored_but_never_acknowledged_is_sent_again(seaweed, proxy, tool, tmp_path):
+    """kill -9 while the answer to part 3 is held back: the store lists part 3, but the run never saw it
+    accepted, so the next run keeps parts 1-2 and sends part 3 again."""
+    data = random_bytes(20 * MiB, 33)
+    src = write_tree(tmp_path / 'src', {'big.bin': data})
+    bucket = seaweed.bucket()
+    proxy.add('stall', 'PUT', r'partNumber=3', seconds=60)
+    settings = proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=1)
+    process = tool.start(settings)
+    assert len(wait_for_parts(seaweed, bucket, 'big.bin', 3, timeout=30)) == 3
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1))
+    assert run.code == 0, run.stderr
+    assert '1 listed part(s) were never acknowledged' in run.stderr
+    assert (run.report['parts_resumed'], run.report['parts_uploaded']) == (2, 2)
+    assert bucket_contents(seaweed, bucket) == {'big.bin': data}
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
 def test_crash_at_any_instant(seaweed, proxy, tool, tmp_path):
     """20 SIGKILLs at seeded random moments; then every object is whole and little was sent twice."""
     rng = random.Random(20261125)
