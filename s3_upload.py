@@ -2510,8 +2510,14 @@ class MultipartCopy:
         """After Complete refused a part: the parts to send again. Those the store now lists otherwise
         than it acknowledged them, or, when it lists every part as it should, the ones kept from an
         earlier run. Nothing to suspect: the upload is abandoned and the file sent again."""
-        listed = {part.number: part for part in self.retry(f'ListParts {self.key}', self.destination.parts,
-                                                           self.key, upload_id)}
+        try:
+            listed = {part.number: part for part in self.retry(f'ListParts {self.key}', self.destination.parts,
+                                                               self.key, upload_id)}
+        except Exception as error:  # noqa: BLE001
+            if error_code(error) != 'NoSuchUpload':
+                raise
+            self.engine.journal.forget(upload_id)     # the store threw the upload away (rclone serve s3)
+            raise UploadLost('the store refused a part and dropped the upload') from None
         differ = [n for n, part in sorted(done.items()) if n not in listed or listed[n].size != part.size
                   or clean_etag(listed[n].etag) != clean_etag(part.etag)]
         suspects = differ or sorted(kept)
