@@ -2592,8 +2592,8 @@ class MultipartCopy:
             self._discard(upload_id, 'its part size does not fit the current source')
             return None
         acknowledged = entry['parts']
-        kept = {part.number: part for part in parts
-                if acknowledged.get(part.number) == clean_etag(part.etag) and parts_fit([part], self.obj.size, part_size)}
+        kept = {part.number: part for part in parts if acknowledged.get(part.number) == clean_etag(part.etag)
+                and parts_fit([part], self.obj.size, part_size)}
         if len(kept) < len(parts):
             logger.info('%s: %d listed part(s) were never acknowledged to us as they are now; sending them again',
                         self.key, len(parts) - len(kept))

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from conftest import write_tree
-from s3_upload import (Destination, LocalSource, MiB, Part, Retrier, part_count, part_range, part_size_for,
-                       parts_fit, plan)
+from s3_upload import (Destination, LocalSource, MiB, Part, ResumeJournal, Retrier, part_count, part_range,
+                       part_size_for, parts_fit, plan)
 
 GiB, TiB = 1024 * MiB, 1024 * 1024 * MiB
 
@@ -126,3 +126,25 @@ def test_ignore_list_file_comments_and_errors(tmp_path):
     missing = Config.from_settings({'DesBucket': 'b', 'SrcDir': '/x', 'IgnoreListFile': str(tmp_path / 'no')})
     with pytest.raises(ConfigError, match='IgnoreListFile'):
         Filters.from_config(missing)
+
+
+def test_resume_journal_keeps_acknowledged_parts_across_restarts_and_compactions(tmp_path):
+    path = str(tmp_path / 'journal.jsonl')
+    journal = ResumeJournal(path)
+    journal.record('b', 'k', 'up-1', 'size+mtime', 8 * MiB)
+    journal.part_done('up-1', 1, '"aaa"')
+    journal.part_done('up-1', 2, 'bbb')
+    journal.record('b', 'other', 'up-2', 'id', 8 * MiB)
+    journal.forget('up-2')
+    journal.part_done('up-2', 1, 'ccc')                 # a late part of a finished upload: not recorded
+    for _ in range(2):                                   # a restart compacts the file; the next one reads that
+        journal = ResumeJournal(path)
+        entry = journal.get('b', 'k', 'up-1')
+        assert entry is not None and entry['parts'] == {1: 'aaa', 2: 'bbb'} and entry['part_size'] == 8 * MiB
+        assert journal.get('b', 'other', 'up-2') is None
+        assert journal.get('b', 'wrong-key', 'up-1') is None
+    with open(path, 'a', encoding='utf-8') as handle:    # an entry of version 2.0: no part list
+        handle.write('{"op": "open", "bucket": "b", "key": "old", "upload_id": "up-3", "identity": "i", '
+                     '"part_size": 5}\n{"op": "part", "upload_id": "up-3", "number": 1, "etag": "x"}\n{"op": "op')
+    entry = ResumeJournal(path).get('b', 'old', 'up-3')
+    assert entry is not None and 'parts' not in entry    # every listed part that fits is kept, as in 2.0
