@@ -59,15 +59,6 @@ def ensure_tools() -> None:
         subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *missing], check=True)
 
 
-def default_workdir() -> str:
-    """A RAM disk when it has room: the servers then store without this machine's disk pacing the runs
-    (its write-back stalls made the same run vary by 50 %)."""
-    shm = '/dev/shm'
-    if os.path.isdir(shm) and shutil.disk_usage(shm).free > 8 * GiB:
-        return shm
-    return tempfile.gettempdir()
-
-
 def free_port(host: str = '127.0.0.1') -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -496,11 +487,12 @@ def main() -> int:
     parser.add_argument('--wan-only', action='store_true', help='only the emulated long link')
     parser.add_argument('--wan-sets', default='a,b,c,e', help='data sets on the long link')
     parser.add_argument('--workdir', default=os.environ.get('BENCH_WORKDIR', ''),
-                        help='scratch folder (data is kept); default: /dev/shm when it has 8 GiB free, else the temp folder')
+                        help='scratch folder (data is kept). Not a RAM disk: SeaweedFS keeps deleted data until '
+                             'it vacuums, and filled /dev/shm until the kernel killed it')
     parser.add_argument('--name', default=time.strftime('%Y%m%d-%H%M%S'))
     args = parser.parse_args()
     ensure_tools()
-    workdir = Path(args.workdir or default_workdir()) / 's3_upload-bench'
+    workdir = Path(args.workdir or tempfile.gettempdir()) / 's3_upload-bench'
     data = workdir / 'data'
     data.mkdir(parents=True, exist_ok=True)
     tools = args.tools.split(',')
@@ -516,6 +508,8 @@ def main() -> int:
                     bench_set(results, 'loopback', server, dataset, tools, data, workdir, args.repeat, other)
                 if 'e' in sets:
                     bench_resume(results, 'loopback', server, tools, data, workdir)
+            except Exception as error:  # noqa: BLE001 - a server that died: report what was measured
+                print(f'    ! {kind} stopped answering ({error}); its remaining cells are left out', flush=True)
             finally:
                 server.stop()
                 if other:
@@ -533,6 +527,8 @@ def main() -> int:
                         bench_set(results, 'wan', server, dataset, tools, data, workdir, 1, None)
                     if 'e' in args.wan_sets.split(','):
                         bench_resume(results, 'wan', server, tools, data, workdir)
+                except Exception as error:  # noqa: BLE001
+                    print(f'    ! {kind} stopped answering ({error}); its remaining cells are left out', flush=True)
                 finally:
                     server.stop()
         finally:
