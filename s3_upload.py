@@ -2581,6 +2581,8 @@ class MultipartCopy:
                         self.key, len(by_number) - len(kept), len(by_number))
         if not trusted:
             self.engine.journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, part_size)
+            for number, part in kept.items():        # proven by re-reading: as good as acknowledged
+                self.engine.journal.part_done(upload.upload_id, number, part.etag)
         return upload.upload_id, part_size, kept
 
     def _acknowledged(self, upload_id: str, entry: Dict[str, Any], parts: List[Part]

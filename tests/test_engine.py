@@ -125,6 +125,27 @@ def test_resume_without_journal_rehashes_local_parts(seaweed, tool, tmp_path):
     assert bucket_contents(seaweed, bucket) == {'x.bin': data}
 
 
+def test_rehashed_parts_count_as_acknowledged_after_another_kill(seaweed, tool, tmp_path):
+    """Parts proven by re-hashing (no journal entry) are journaled: a run killed after that keeps them."""
+    data = random_bytes(30 * MiB, 7)
+    src = write_tree(tmp_path / 'src', {'x.bin': data})
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key='x.bin')['UploadId']
+    for number in (1, 2):
+        client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=number,
+                           Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
+    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=2)
+    process = tool.start(settings)
+    assert len(wait_for_parts(seaweed, bucket, 'x.bin', 3)) >= 3
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = tool.run({**settings, 'BandwidthLimit': 0})
+    assert run.code == 0, run.stderr
+    assert run.report['parts_resumed'] >= 2 and run.report['parts_resumed'] + run.report['parts_uploaded'] == 6
+    assert bucket_contents(seaweed, bucket) == {'x.bin': data}
+
+
 def test_source_changed_between_runs_is_not_mixed(seaweed, tool, tmp_path):
     data = random_bytes(20 * MiB, 7)
     src = write_tree(tmp_path / 'src', {'c.bin': data})
