@@ -673,14 +673,14 @@ class CrtLane:
             else:
                 options.override_default_trust_store_from_path(ca_filepath=os.environ['AWS_CA_BUNDLE'])
             tls = awscrt.io.ClientTlsContext(options).new_connection_options()
-        options = {'max_active_connections_override': pool_size, 'connect_timeout_ms': min(10, timeout) * 1000}
+        tuning = {'max_active_connections_override': pool_size, 'connect_timeout_ms': min(10, timeout) * 1000}
         accepted = inspect.signature(awscrt.s3.S3Client.__init__).parameters      # awscrt versions differ
         loops = awscrt.io.EventLoopGroup()
         self.s3 = awscrt.s3.S3Client(
             bootstrap=awscrt.io.ClientBootstrap(loops, awscrt.io.DefaultHostResolver(loops)),
             region=client.meta.region_name, signing_config=signing, tls_connection_options=tls,
             tls_mode=awscrt.s3.S3RequestTlsMode.ENABLED if self.https else awscrt.s3.S3RequestTlsMode.DISABLED,
-            **{name: value for name, value in options.items() if name in accepted})
+            **{name: value for name, value in tuning.items() if name in accepted})
 
     @classmethod
     def create(cls, client: Any, credentials: Any, verify_tls: bool, pool_size: int,

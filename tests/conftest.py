@@ -323,6 +323,15 @@ def unfinished_uploads(server: S3Server, bucket: str) -> List[dict]:
     return server.client().list_multipart_uploads(Bucket=bucket).get('Uploads', [])
 
 
+def leftover_upload(server: S3Server, bucket: str, key: str, parts: Dict[int, bytes]) -> str:
+    """An unfinished multipart upload of key holding these parts (number -> body), as another run leaves it."""
+    client = server.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
+    for number, body in parts.items():
+        client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+    return upload_id
+
+
 def parts_of(server: S3Server, bucket: str, key: str) -> List[dict]:
     """Parts of the newest unfinished upload of key ([] if none, or if it just finished)."""
     client = server.client()

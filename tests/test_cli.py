@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import TOOL, bucket_contents, dest_settings, free_port, unfinished_uploads, write_tree
+from conftest import TOOL, bucket_contents, dest_settings, free_port, leftover_upload, unfinished_uploads, write_tree
 
 
 def one_error_line(run) -> str:
@@ -135,10 +135,8 @@ def test_dont_ask_me_to_clean_false_offers_to_abort_this_jobs_uploads(answer, re
     data = random_bytes(12 * 1024 * 1024, 11)
     src = write_tree(tmp_path / 'src', {'f.bin': data})
     bucket = seaweed.bucket()
-    client = seaweed.client()
-    mine = client.create_multipart_upload(Bucket=bucket, Key='job/f.bin')['UploadId']
-    client.upload_part(Bucket=bucket, Key='job/f.bin', UploadId=mine, PartNumber=1, Body=data[:5 * 1024 * 1024])
-    foreign = client.create_multipart_upload(Bucket=bucket, Key='other/g.bin')['UploadId']
+    leftover_upload(seaweed, bucket, 'job/f.bin', {1: data[:5 * 1024 * 1024]})
+    foreign = leftover_upload(seaweed, bucket, 'other/g.bin', {})
     settings = dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='job', ChunkSize=5, DontAskMeToClean=False,
                              BandwidthLimit=4)
     command = tool.command(settings)

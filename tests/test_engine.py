@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, md5, parts_of, random_bytes, unfinished_uploads,
+from conftest import (bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes, unfinished_uploads,
                       wait_for_parts, write_tree)
 
 MiB = 1024 * 1024
@@ -114,11 +114,7 @@ def test_resume_without_journal_rehashes_local_parts(seaweed, tool, tmp_path):
     data = random_bytes(20 * MiB, 6)
     src = write_tree(tmp_path / 'src', {'x.bin': data})
     bucket = seaweed.bucket()
-    client = seaweed.client()
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key='x.bin')['UploadId']
-    client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=1, Body=data[:5 * MiB])
-    client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=2,
-                       Body=b'\0' * (5 * MiB))   # same size, wrong content
+    leftover_upload(seaweed, bucket, 'x.bin', {1: data[:5 * MiB], 2: b'\0' * (5 * MiB)})  # 2: same size, wrong content
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 1 and run.report['parts_uploaded'] == 3
@@ -130,11 +126,7 @@ def test_rehashed_parts_count_as_acknowledged_after_another_kill(seaweed, tool, 
     data = random_bytes(30 * MiB, 7)
     src = write_tree(tmp_path / 'src', {'x.bin': data})
     bucket = seaweed.bucket()
-    client = seaweed.client()
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key='x.bin')['UploadId']
-    for number in (1, 2):
-        client.upload_part(Bucket=bucket, Key='x.bin', UploadId=upload_id, PartNumber=number,
-                           Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
+    leftover_upload(seaweed, bucket, 'x.bin', {1: data[:5 * MiB], 2: data[5 * MiB:10 * MiB]})
     settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=2)
     process = tool.start(settings)
     assert len(wait_for_parts(seaweed, bucket, 'x.bin', 3)) >= 3
@@ -170,11 +162,7 @@ def test_chunk_size_changed_between_runs_resumes_with_the_uploads_part_size(seaw
     data = random_bytes(30 * MiB, 8)
     src = write_tree(tmp_path / 'src', {'d.bin': data})
     bucket = seaweed.bucket()
-    client = seaweed.client()
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key='d.bin')['UploadId']
-    for number in (1, 2):
-        client.upload_part(Bucket=bucket, Key='d.bin', UploadId=upload_id, PartNumber=number,
-                           Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
+    leftover_upload(seaweed, bucket, 'd.bin', {1: data[:6 * MiB], 2: data[6 * MiB:12 * MiB]})
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 2 and run.report['bytes_resumed'] == 12 * MiB
@@ -185,10 +173,8 @@ def test_stale_upload_that_cannot_fit_is_aborted_and_other_keys_untouched(seawee
     data = random_bytes(12 * MiB, 9)
     src = write_tree(tmp_path / 'src', {'a.bin': data})
     bucket = seaweed.bucket()
-    client = seaweed.client()
-    stale = client.create_multipart_upload(Bucket=bucket, Key='a.bin')['UploadId']
-    client.upload_part(Bucket=bucket, Key='a.bin', UploadId=stale, PartNumber=1, Body=b'x' * (7 * MiB + 1))
-    other = client.create_multipart_upload(Bucket=bucket, Key='a.bin.bak')['UploadId']
+    leftover_upload(seaweed, bucket, 'a.bin', {1: b'x' * (7 * MiB + 1)})
+    other = leftover_upload(seaweed, bucket, 'a.bin.bak', {})
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 0
