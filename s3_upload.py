@@ -58,6 +58,7 @@ import datetime
 import difflib
 import email.utils
 import fnmatch
+import gc
 import hashlib
 import inspect
 import io
@@ -230,7 +231,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'RequestPayer', 'none', _choice('none', 'requester'), 'requester: accept the charges of requester-pays buckets'),
     Option('Advanced', 'CopyMetadata', 'True', _bool, 'copy Content-Type, Content-Encoding, Cache-Control, ... and user metadata from S3/OSS sources'),
     Option('Advanced', 'CopyTags', 'False', _bool, 'copy object tags from S3 sources'),
-    Option('Advanced', 'UseCRT', 'auto', _choice('auto', 'never'), 'auto: small PutObjects go through AWS\'s C runtime (awscrt) when it is installed, a third of the CPU per file; never: botocore only'),
+    Option('Advanced', 'UseCRT', 'auto', _choice('auto', 'never'), 'auto: small PutObjects and GetObjects go through AWS\'s C runtime (awscrt) when it is installed, a third of the CPU per file; never: botocore only'),
     Option('Advanced', 'VerifyTLS', 'True', _bool, 'verify TLS certificates (False only for test endpoints; prints a warning)'),
     Option('Cluster', 'SqsQueueUrl', '', _text, 'jobsender/worker/Lambda: URL of the SQS job queue'),
     Option('Cluster', 'StatusTable', '', _text, 'DynamoDB table of per-object status (empty = none)'),
@@ -538,12 +539,28 @@ def _path_style_host(endpoint: str) -> bool:
     return not host.endswith(('.aliyuncs.com', '.myqcloud.com'))
 
 
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """botocore's timestamp parser, without dateutil for the two forms S3 answers with (ISO 8601 in
+    listings, RFC 822 in headers): dateutil took 120 us per value, three values per small file."""
+    import botocore.utils
+    try:
+        if isinstance(value, str) and value[4:5] == '-':
+            moment = datetime.datetime.fromisoformat(value[:-1] + '+00:00' if value.endswith('Z') else value)
+        else:
+            moment = email.utils.parsedate_to_datetime(value)
+        if moment.tzinfo is not None:
+            return moment
+    except (TypeError, ValueError, IndexError):
+        pass
+    return botocore.utils.parse_timestamp(value)
+
+
 def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int, role: str = 'destination',
                 retry_mode: str = 'standard', addressing: str = 'auto', signature: str = 's3v4',
                 verify_tls: bool = True, timeout: int = 60, credentials: Any = None, lane: bool = False) -> Any:
     """A thread-safe S3 client for one profile + endpoint, sized for the transfer's concurrency
     (credentials, when given, replace the profile's: keys from SSM in cluster mode); lane=True gives it
-    a CrtLane (client.crt_lane) for small PutObjects when awscrt is installed."""
+    a CrtLane (client.crt_lane) for small PutObjects and GetObjects when awscrt is installed."""
     import botocore.config      # botocore's own session: boto3 would add 0.1 s of imports to every start
     import botocore.exceptions
     import botocore.handlers
@@ -554,6 +571,7 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
             profile_name = None  # 'default' without a profile file: environment / instance role
         session = botocore.session.Session(profile=profile_name)
         session.get_scoped_config()     # a missing profile fails here, not at the first request
+        session.get_component('response_parser_factory').set_parser_defaults(timestamp_parser=parse_timestamp)
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f'AWS profile {profile!r} ({role}) not found in ~/.aws/credentials or '
                           f'~/.aws/config: create it with "aws configure --profile {profile}" or fix the '
@@ -633,9 +651,9 @@ def _cache_endpoint_rules(client: Any, session: Any) -> None:
 
 
 class CrtLane:
-    """PutObject of small bodies through AWS's C runtime (awscrt's S3 client) when it is installed: the
-    request is signed, sent and answered in C, a third of botocore's CPU per small file. Everything else
-    (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
+    """PutObject and GetObject of small bodies through AWS's C runtime (awscrt's S3 client) when it is
+    installed: the request is signed, sent and answered in C, a quarter of botocore's CPU per small file.
+    Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's
     AGENT = f's3_upload/{__version__} awscrt'
@@ -721,40 +739,61 @@ class CrtLane:
 
     def put(self, bucket: str, key: str, data: bytes, params: Dict[str, Any]) -> Optional[str]:
         """PutObject; the ETag, or None when botocore has to send this one. Raises botocore's errors."""
-        import awscrt.exceptions
-        import awscrt.http
-        import awscrt.s3
-        from urllib.parse import quote
         headers = self.headers(params)
         if headers is None:
             return None
-        host, prefix = self._base(bucket)
-        request = awscrt.http.HttpRequest('PUT', prefix + quote(key, safe='/~'), awscrt.http.HttpHeaders(
-            [('Host', host), ('Content-Length', str(len(data))), ('User-Agent', self.AGENT), *headers]),
-            io.BytesIO(data))
-        answer: Dict[str, str] = {}
-        moved = [0]
-
-        def on_headers(status_code: int, headers: List[Tuple[str, str]], **_: Any) -> None:
-            answer.update((name.lower(), value) for name, value in headers)
-
-        def on_progress(count: int) -> None:
-            moved[0] += count
-
-        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, request=request,
-                                      operation_name='PutObject', on_headers=on_headers, on_progress=on_progress)
-        try:
-            self._wait(handle, moved)
-        except awscrt.s3.S3ResponseError as error:
-            raise self._client_error(error) from None
-        except awscrt.exceptions.AwsCrtError as error:
-            raise ConnectionError(f'PutObject: {error.name}: {error.message}') from None
+        answer, _ = self._send('PutObject', 'PUT', bucket, key, [('Content-Length', str(len(data))), *headers], data)
         etag = answer.get('etag', '')
         if not etag:
             raise MalformedResponse('PutObject answer without an ETag')
         return etag
 
-    def _wait(self, handle: Any, moved: List[int]) -> None:
+    def get(self, bucket: str, key: str, headers: List[Tuple[str, str]]) -> Dict[str, Any]:
+        """GetObject, answered as botocore's get_object would (the body already read, as bytes)."""
+        import botocore.awsrequest
+        import botocore.parsers
+        answer, body = self._send('GetObject', 'GET', bucket, key, headers, None)
+        shape = self.client.meta.service_model.operation_model('GetObject').output_shape
+        response = botocore.parsers.RestXMLParser(timestamp_parser=parse_timestamp).parse(
+            {'status_code': 200, 'headers': botocore.awsrequest.HeadersDict(answer), 'body': b''}, shape)
+        response['Body'] = body
+        return response
+
+    def _send(self, operation: str, method: str, bucket: str, key: str, headers: List[Tuple[str, str]],
+              data: Optional[bytes]) -> Tuple[Dict[str, str], bytes]:
+        """One request; (answer headers by lower-case name, answer body). Raises botocore's errors."""
+        import awscrt.exceptions
+        import awscrt.http
+        import awscrt.s3
+        from urllib.parse import quote
+        host, prefix = self._base(bucket)
+        request = awscrt.http.HttpRequest(method, prefix + quote(key, safe='/~'), awscrt.http.HttpHeaders(
+            [('Host', host), ('User-Agent', self.AGENT), *headers]), None if data is None else io.BytesIO(data))
+        answer: Dict[str, str] = {}
+        body: List[bytes] = []
+        moved = [0]
+
+        def on_headers(status_code: int, headers: List[Tuple[str, str]], **_: Any) -> None:
+            answer.update((name.lower(), value) for name, value in headers)
+
+        def on_body(chunk: bytes, **_: Any) -> None:
+            body.append(chunk)
+            moved[0] += len(chunk)
+
+        def on_progress(count: int) -> None:
+            moved[0] += count
+
+        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
+                                      on_headers=on_headers, on_body=on_body, on_progress=on_progress)
+        try:
+            self._wait(handle, moved, operation)
+        except awscrt.s3.S3ResponseError as error:
+            raise self._client_error(error, operation) from None
+        except awscrt.exceptions.AwsCrtError as error:
+            raise ConnectionError(f'{operation}: {error.name}: {error.message}') from None
+        return answer, b''.join(body)
+
+    def _wait(self, handle: Any, moved: List[int], operation: str) -> None:
         """Wait while bytes move; a request silent for RequestTimeout seconds is cancelled (like botocore)."""
         import concurrent.futures
         seen = -1
@@ -764,18 +803,18 @@ class CrtLane:
             except concurrent.futures.TimeoutError:
                 if moved[0] == seen:
                     handle.cancel()
-                    raise TimeoutError(f'PutObject: no progress in {self.timeout} s') from None
+                    raise TimeoutError(f'{operation}: no progress in {self.timeout} s') from None
                 seen = moved[0]
 
-    def _client_error(self, error: Any) -> Exception:
+    def _client_error(self, error: Any, operation: str) -> Exception:
         """botocore's ClientError for an error answer, parsed by botocore's own S3 parser."""
         import botocore.exceptions
         import botocore.parsers
         response = {'status_code': error.status_code, 'headers': dict(error.headers or ()),
                     'body': error.body or b''}
-        shape = self.client.meta.service_model.operation_model('PutObject').output_shape
+        shape = self.client.meta.service_model.operation_model(operation).output_shape
         parsed = botocore.parsers.create_parser('rest-xml').parse(response, shape)
-        return botocore.exceptions.ClientError(parsed, 'PutObject')
+        return botocore.exceptions.ClientError(parsed, operation)
 
 
 def client_for(config: Config, side: str, pool_size: int, credentials: Any = None, region: str = '') -> Any:
@@ -785,7 +824,7 @@ def client_for(config: Config, side: str, pool_size: int, credentials: Any = Non
                        getattr(config, f'{side}EndPointURL'), getattr(config, f'{side}Region') or region, pool_size,
                        'source' if side == 'Src' else 'destination', config.RetryMode,
                        config.AddressingStyle, config.SignatureVersion, config.VerifyTLS, config.RequestTimeout,
-                       credentials, lane=side == 'Des' and config.UseCRT == 'auto')
+                       credentials, lane=config.UseCRT == 'auto')
 
 
 def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None) -> None:
@@ -947,27 +986,42 @@ class Checksum:
 @dataclasses.dataclass(frozen=True)
 class WholeChecksum:
     """A checksum the source keeps of the whole object, and how to compute it over the bytes we read."""
-    name: str                                  # 'crc64ecma' (OSS), 'crc64nvme' (S3)
+    name: str                                  # 'crc64ecma' (OSS), 'crc64nvme', 'crc32', 'sha256'... (S3)
     expected: int
     compute: Callable[[bytes], int]
-    combine: Callable[[int, int, int], int]    # (crc of A, crc of B, len(B)) -> crc of A+B
+    combine: Optional[Callable[[int, int, int], int]] = None    # (crc of A, crc of B, len(B)) -> crc of A+B
 
     def over(self, parts: List[Tuple[int, int]]) -> int:
         """The checksum of the object made of these (part crc, part size) in order."""
         value = parts[0][0]
         for crc, size in parts[1:]:
-            value = self.combine(value, crc, size)
+            value = self.combine(value, crc, size)  # type: ignore[misc]
         return value
 
 
-def crc64nvme_check(value_b64: str) -> Optional[WholeChecksum]:
-    """End-to-end check against an S3 object's full-object CRC64NVME (when awscrt is installed)."""
-    try:
-        crt = _awscrt_checksums('CRC64NVME')
-    except ConfigError:
+WHOLE_CHECKSUMS = ('CRC64NVME', 'CRC32C', 'CRC32', 'SHA256', 'SHA1')    # strongest first
+
+
+def whole_checksum(response: Dict[str, Any]) -> Optional[WholeChecksum]:
+    """The full-object checksum a GetObject / HeadObject answer reports (ChecksumMode=ENABLED), as an
+    end-to-end check over the bytes we read; None if there is none (or only one of parts)."""
+    if response.get('ChecksumType', 'FULL_OBJECT') != 'FULL_OBJECT':
         return None
-    return WholeChecksum('crc64nvme', int.from_bytes(base64.b64decode(value_b64), 'big'), crt.crc64nvme,
-                         crt.combine_crc64nvme)
+    for algorithm in WHOLE_CHECKSUMS:
+        value = response.get('Checksum' + algorithm, '')
+        if not value or '-' in value:
+            continue
+        expected = int.from_bytes(base64.b64decode(value), 'big')
+        if algorithm.startswith('SHA'):
+            digest = getattr(hashlib, algorithm.lower())
+            return WholeChecksum(algorithm.lower(), expected, lambda data: int.from_bytes(digest(data).digest(), 'big'))
+        try:
+            crt = _awscrt_checksums(algorithm)
+        except ConfigError:
+            continue
+        return WholeChecksum(algorithm.lower(), expected, getattr(crt, algorithm.lower()),
+                             getattr(crt, 'combine_' + algorithm.lower(), None))
+    return None
 
 
 ###############################################################################
@@ -1228,10 +1282,18 @@ class S3Source:
         return SourceObject(key, size, etag, full_key, _key_problem(key))
 
     def _get(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
-        """GetObject pinned to the listed ETag (If-Match, and the answer's ETag checked too)."""
+        """GetObject pinned to the listed ETag (If-Match, and the answer's ETag checked too); small whole
+        objects through the client's CRT lane, if it has one."""
         pin = {'IfMatch': obj.version} if obj.version else {}
+        lane: Optional[CrtLane] = getattr(self.client, 'crt_lane', None)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **pin, **self.extra, **args)
+            if lane and 'Range' not in args and obj.size <= lane.MAX_BODY and obj.version.isascii():
+                headers = [('If-Match', obj.version)] if obj.version else []
+                headers += [('x-amz-request-payer', 'requester')] if self.extra else []
+                headers += [('x-amz-checksum-mode', 'ENABLED')] if args.get('ChecksumMode') else []
+                response = lane.get(self.bucket, obj.location, headers)
+            else:
+                response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **pin, **self.extra, **args)
         except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
             raise self._translate(error) from None
         if obj.version and response.get('ETag') and clean_etag(response['ETag']) != clean_etag(obj.version):
@@ -1268,9 +1330,9 @@ class S3Source:
         info = Info(meta if self.copy_metadata else {})
         if response.get('VersionId') and response['VersionId'] != 'null':
             info.stamp['s3u-src-version-id'] = response['VersionId']
-        if response.get('ChecksumCRC64NVME') and response.get('ChecksumType', 'FULL_OBJECT') == 'FULL_OBJECT':
-            info.whole = crc64nvme_check(response['ChecksumCRC64NVME'])
-            info.stamp['s3u-src-crc64nvme'] = response['ChecksumCRC64NVME']
+        info.whole = whole_checksum(response)
+        if info.whole:
+            info.stamp[f's3u-src-{info.whole.name}'] = response['Checksum' + info.whole.name.upper()]
         if self.tags:
             from urllib.parse import urlencode
             tag_set = self.client.get_object_tagging(Bucket=self.bucket, Key=key, **self.extra).get('TagSet', [])
@@ -1288,7 +1350,7 @@ class S3Source:
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
         response = self._get(obj, ChecksumMode='ENABLED')
-        data = response['Body'].read()
+        data = response['Body'] if isinstance(response['Body'], bytes) else response['Body'].read()
         if len(data) != obj.size:
             raise IOError(f'short read from source: {len(data)} of {obj.size} bytes')
         return data, self._info(response, obj.location)
@@ -2400,9 +2462,10 @@ class FileTransfer:
         if isinstance(self.source, LocalSource):
             return self._same_local_content(head)
         info = self.retry(f'HeadObject (source) {key}', self.source.info, obj)
-        for name in ('s3u-src-crc64nvme', 's3u-src-crc64ecma'):
-            if name in info.stamp and info.stamp[name] in (head.metadata.get(name),
-                                                             head.checksums.get('CRC64NVME')):
+        for name, value in info.stamp.items():
+            algorithm = name[len('s3u-src-'):]
+            if algorithm.startswith(('crc', 'sha')) and value in (head.metadata.get(name),
+                                                                  head.checksums.get(algorithm.upper())):
                 return True
         return '-' not in clean_etag(head.etag) and clean_etag(head.etag) == clean_etag(obj.version)
 
@@ -2453,7 +2516,7 @@ class MultipartCopy:
 
     def run(self) -> str:
         info = self.retry(f'HeadObject (source) {self.key}', self.source.info, self.obj)
-        self.whole = None if self.server_side else info.whole
+        self.whole = None if self.server_side or not (info.whole and info.whole.combine) else info.whole
         planned = part_size_for(self.obj.size, self.config.chunk_bytes)
         upload_id, part_size, kept = self._resume_or_start(planned, info)
         done: Dict[int, PartDone] = {}
@@ -3158,13 +3221,17 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
                 config.JobType, source.describe(), destination.describe(), config.ChunkSize,
                 config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
-    if dry_run:
-        engine.dry_run(sys.stdout)
-    elif show_progress:
-        with ProgressDisplay(engine.progress):
+    gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
+    try:
+        if dry_run:
+            engine.dry_run(sys.stdout)
+        elif show_progress:
+            with ProgressDisplay(engine.progress):
+                engine.run()
+        else:
             engine.run()
-    else:
-        engine.run()
+    finally:
+        gc.unfreeze()
     return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
                                 destination.describe(), dry_run)
 

@@ -10,6 +10,7 @@ and a regular expression on the path + query, fire a given number of times, and 
     truncate        forward, then announce the full body but send only half of it and close
     status          answer `status` with S3 error `code` without forwarding (500 InternalError, 503 SlowDown...)
     corrupt         flip one byte of the request body before forwarding (the server's Content-MD5 check fails)
+    corrupt_answer  flip one byte of the response body (what a bad link or disk would hand the client)
 
 `upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
 `agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it.
@@ -173,6 +174,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(data[:len(data) // 2])
             self.wfile.flush()
             return self._reset()
+        if rule and rule.action == 'corrupt_answer' and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         if rule and rule.action == 'truncate':
             self.wfile.write(data[:len(data) // 2])
             self.wfile.flush()

@@ -140,6 +140,52 @@ def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
     assert bucket_contents(seaweed, dst_bucket) == {'r.bin': data}
 
 
+def test_small_s3_objects_read_through_the_crt_lane_are_checked_against_their_checksums(seaweed, tool):
+    """Small source objects come through the C runtime's GET; a full-object CRC32 / CRC32C / SHA256 the
+    source keeps is checked over the bytes read, so an answer corrupted on the way is read again."""
+    from fault_proxy import FaultProxy
+    src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
+    client = seaweed.client()
+    objects = {f'{name.lower()}.txt': random_bytes(3000 + n, n) for n, name in enumerate(('CRC32', 'CRC32C', 'SHA256'))}
+    for key, body in objects.items():
+        client.put_object(Bucket=src_bucket, Key=key, Body=body, ChecksumAlgorithm=key.split('.')[0].upper())
+    objects['plain.txt'] = b'no checksum'
+    client.put_object(Bucket=src_bucket, Key='plain.txt', Body=objects['plain.txt'])
+    proxy = FaultProxy(seaweed.endpoint)
+    proxy.add('corrupt_answer', 'GET', r'/crc32\.txt', times=1)
+    try:
+        run = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcEndPointURL=proxy.endpoint,
+                                ServerSideCopy='never'))
+    finally:
+        proxy.stop()
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, dst_bucket) == objects
+    assert "crc32.txt: data read does not match the source's crc32; starting this file again" in run.stderr
+    assert run.report['verified_by'] == {'crc32': 1, 'crc32c': 1, 'sha256': 1, 'etag': 1}, run.report
+    gets = [agent for method, target, agent in proxy.agents if method == 'GET' and '.txt' in target]
+    assert len(gets) == 5 and all('awscrt' in agent for agent in gets), gets
+
+
+def test_small_s3_reads_are_pinned_to_the_listed_version(seaweed):
+    """A lane GET answers an overwritten or deleted object the way botocore's would: changed / gone."""
+    import s3_upload
+    bucket = seaweed.bucket('src')
+    fill(seaweed, bucket, {'k.txt': b'first'})
+    import botocore.credentials
+    keys = botocore.credentials.Credentials(seaweed.access_key, seaweed.secret_key)
+    client = s3_upload.make_client('', seaweed.endpoint, 'us-east-1', 2, role='source', credentials=keys, lane=True)
+    assert client.crt_lane is not None
+    source = s3_upload.S3Source(client, bucket, '')
+    [listed] = list(source.objects())
+    assert source.fetch(listed)[0] == b'first'
+    fill(seaweed, bucket, {'k.txt': b'second'})
+    with pytest.raises(s3_upload.SourceChanged):
+        source.fetch(listed)
+    seaweed.client().delete_object(Bucket=bucket, Key='k.txt')
+    with pytest.raises(s3_upload.SourceGone):
+        source.fetch(source._describe('k.txt', 5, ''))
+
+
 @pytest.mark.parametrize('setting, value, message', [
     ('SrcBucket', 'no-such-source-bucket', 'source bucket'),
     ('SrcProfileName', 'wrong_keys', 'source credentials rejected'),
