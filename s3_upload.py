@@ -1004,12 +1004,16 @@ WHOLE_CHECKSUMS = ('CRC64NVME', 'CRC32C', 'CRC32', 'SHA256', 'SHA1')    # strong
 
 def whole_checksum(response: Dict[str, Any]) -> Optional[WholeChecksum]:
     """The full-object checksum a GetObject / HeadObject answer reports (ChecksumMode=ENABLED), as an
-    end-to-end check over the bytes we read; None if there is none (or only one of parts)."""
-    if response.get('ChecksumType', 'FULL_OBJECT') != 'FULL_OBJECT':
+    end-to-end check over the bytes we read; None if there is none (or only one of parts). A multipart
+    object's value counts only when declared FULL_OBJECT (or CRC64NVME, never composite): some stores
+    report a checksum of part checksums without saying so."""
+    kind = response.get('ChecksumType', '')
+    if kind not in ('', 'FULL_OBJECT'):
         return None
+    multipart = '-' in clean_etag(response.get('ETag', ''))
     for algorithm in WHOLE_CHECKSUMS:
         value = response.get('Checksum' + algorithm, '')
-        if not value or '-' in value:
+        if not value or '-' in value or (multipart and not kind and algorithm != 'CRC64NVME'):
             continue
         expected = int.from_bytes(base64.b64decode(value), 'big')
         if algorithm.startswith('SHA'):

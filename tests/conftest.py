@@ -364,3 +364,10 @@ def dest_settings(server: S3Server, bucket: str, **more: object) -> Dict[str, ob
     """Settings for a LOCAL_TO_S3 job into bucket on server (callers add SrcDir etc.)."""
     return {'JobType': 'LOCAL_TO_S3', 'DesProfileName': server.profile, 'DesEndPointURL': server.endpoint,
             'DesBucket': bucket, **more}
+
+
+def s3_to_s3(src: S3Server, src_bucket: str, dst: S3Server, dst_bucket: str, **more: object) -> Dict[str, object]:
+    """Settings for an S3_TO_S3 job from a bucket on one server (its own credentials) to one on another."""
+    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src.profile, 'SrcEndPointURL': src.endpoint,
+            'SrcBucket': src_bucket, 'DesProfileName': dst.profile, 'DesEndPointURL': dst.endpoint,
+            'DesBucket': dst_bucket, **more}

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import quote_plus
 
 import boto3

@@ -7,15 +7,9 @@ import datetime
 
 import pytest
 
-from conftest import bucket_contents, dest_settings, random_bytes, write_tree
+from conftest import bucket_contents, dest_settings, random_bytes, s3_to_s3, write_tree
 
 MiB = 1024 * 1024
-
-
-def s3_to_s3(src, src_bucket, dst, dst_bucket, **more):
-    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src.profile, 'SrcEndPointURL': src.endpoint,
-            'SrcBucket': src_bucket, 'DesProfileName': dst.profile, 'DesEndPointURL': dst.endpoint,
-            'DesBucket': dst_bucket, **more}
 
 
 def test_local_files_get_a_guessed_content_type_and_identity_stamps(seaweed, tool, tmp_path):

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes, unfinished_uploads,
-                      wait_for_parts, write_tree)
+from conftest import (bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes, s3_to_s3,
+                      unfinished_uploads, wait_for_parts, write_tree)
 
 MiB = 1024 * 1024
 
@@ -223,12 +223,6 @@ def test_upload_dropped_mid_transfer_restarts_the_file(seaweed, tool, tmp_path):
     assert bucket_contents(seaweed, bucket) == {'gone.bin': data}
 
 
-def _s3_to_s3(src, src_bucket, dst, dst_bucket, **more):
-    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src.profile, 'SrcEndPointURL': src.endpoint,
-            'SrcBucket': src_bucket, 'DesProfileName': dst.profile, 'DesEndPointURL': dst.endpoint,
-            'DesBucket': dst_bucket, **more}
-
-
 @pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
 def test_server_side_copy_moves_no_bytes_through_the_machine(server_name, request, tool):
     server = request.getfixturevalue(server_name)
@@ -237,7 +231,7 @@ def test_server_side_copy_moves_no_bytes_through_the_machine(server_name, reques
     client = server.client()
     for key, data in objects.items():
         client.put_object(Bucket=src_bucket, Key=key, Body=data)
-    run = tool.run(_s3_to_s3(server, src_bucket, server, dst_bucket, ChunkSize=5))
+    run = tool.run(s3_to_s3(server, src_bucket, server, dst_bucket, ChunkSize=5))
     assert run.code == 0, run.stderr
     assert run.report['bytes_transferred'] == 0
     assert run.report['bytes_copied_server_side'] == sum(map(len, objects.values()))
@@ -251,7 +245,7 @@ def test_server_side_copy_falls_back_when_the_store_copies_parts_wrong(rclone, t
     objects = {'small.txt': b'small', 'big.bin': random_bytes(11 * MiB, 21)}
     for key, data in objects.items():
         rclone.client().put_object(Bucket=src_bucket, Key=key, Body=data)
-    run = tool.run(_s3_to_s3(rclone, src_bucket, rclone, dst_bucket, ChunkSize=5))
+    run = tool.run(s3_to_s3(rclone, src_bucket, rclone, dst_bucket, ChunkSize=5))
     assert run.code == 0, run.stderr
     assert 'server-side copy is not possible here' in run.stderr
     assert bucket_contents(rclone, dst_bucket) == objects
@@ -269,7 +263,7 @@ def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
     data = random_bytes(7 * MiB, 22)
     seaweed.client().put_object(Bucket=src_bucket, Key='x.bin', Body=data)
     prefix = f'run-{random_bytes(4, 23).hex()}'
-    settings = _s3_to_s3(seaweed, src_bucket, seaweed, ISOLATED_BUCKET, DesProfileName='seaweed_isolated',
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, ISOLATED_BUCKET, DesProfileName='seaweed_isolated',
                          S3Prefix=prefix, SrcPrefix='', ChunkSize=5)
     run = tool.run(settings)
     assert run.code == 0, run.stderr
@@ -308,7 +302,7 @@ def test_compare_mode_identity_for_s3_sources(moto, seaweed, tool):
     src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
     client = moto.client()
     client.put_object(Bucket=src_bucket, Key='k', Body=b'1111')
-    settings = _s3_to_s3(moto, src_bucket, seaweed, dst_bucket, CompareMode='identity')
+    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, CompareMode='identity')
     assert tool.run(settings).code == 0
     assert tool.run(settings).report['files_skipped'] == 1
     client.put_object(Bucket=src_bucket, Key='k', Body=b'2222')     # same size, other ETag

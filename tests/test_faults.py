@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import bucket_contents, dest_settings, random_bytes, unfinished_uploads, wait_for_parts, write_tree
+from conftest import (bucket_contents, dest_settings, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts,
+                      write_tree)
 from fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -74,10 +75,8 @@ def test_reset_mid_response_of_a_source_read(seaweed, moto, tool):
         seaweed.client().put_object(Bucket=src_bucket, Key='small', Body=b'x' * 1000)
         rules = [fault_proxy.add('reset_response', 'GET', rf'/{src_bucket}/big\.bin', times=2),
                  fault_proxy.add('truncate', 'GET', rf'/{src_bucket}/small', times=1)]
-        run = tool.run({'JobType': 'S3_TO_S3', 'SrcProfileName': seaweed.profile,
-                        'SrcEndPointURL': fault_proxy.endpoint, 'SrcBucket': src_bucket,
-                        'DesProfileName': moto.profile, 'DesEndPointURL': moto.endpoint, 'DesBucket': dst_bucket,
-                        'ChunkSize': 5, 'MaxRetry': 5})
+        run = tool.run(s3_to_s3(seaweed, src_bucket, moto, dst_bucket, SrcEndPointURL=fault_proxy.endpoint,
+                                ChunkSize=5, MaxRetry=5))
         assert all(rule.hits for rule in rules)
         assert run.code == 0, run.stderr
         assert bucket_contents(moto, dst_bucket) == {'big.bin': data, 'small': b'x' * 1000}
@@ -224,10 +223,8 @@ def test_s3_source_deleted_mid_copy_fails_that_key(moto, seaweed, tool):
     client = moto.client()
     client.put_object(Bucket=src_bucket, Key='doomed.bin', Body=random_bytes(30 * MiB, 35))
     client.put_object(Bucket=src_bucket, Key='fine.txt', Body=b'fine')
-    process = tool.start({'JobType': 'S3_TO_S3', 'SrcProfileName': moto.profile, 'SrcEndPointURL': moto.endpoint,
-                          'SrcBucket': src_bucket, 'DesProfileName': seaweed.profile,
-                          'DesEndPointURL': seaweed.endpoint, 'DesBucket': dst_bucket, 'ChunkSize': 5,
-                          'MaxThread': 1, 'BandwidthLimit': 10})
+    process = tool.start(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1,
+                                  BandwidthLimit=10))
     assert wait_for_parts(seaweed, dst_bucket, 'doomed.bin', 1)
     client.delete_object(Bucket=src_bucket, Key='doomed.bin')
     _, err = process.communicate(timeout=120)

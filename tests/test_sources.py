@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import bucket_contents, random_bytes, unfinished_uploads, wait_for_parts, write_tree
+from conftest import bucket_contents, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts, write_tree
 from s3_upload import LocalSource
 
 MiB = 1024 * 1024
@@ -44,12 +44,6 @@ def test_names_that_cannot_be_keys_fail_alone(seaweed, tool, tmp_path):
     errors = sorted(f['error'] for f in run.report['failures'])
     assert len(errors) == 2
     assert any('not valid UTF-8' in e for e in errors) and any('S3 allows 1024' in e for e in errors)
-
-
-def s3_to_s3(src_server, src_bucket, dst_server, dst_bucket, **more):
-    return {'JobType': 'S3_TO_S3', 'SrcProfileName': src_server.profile, 'SrcEndPointURL': src_server.endpoint,
-            'SrcBucket': src_bucket, 'DesProfileName': dst_server.profile, 'DesEndPointURL': dst_server.endpoint,
-            'DesBucket': dst_bucket, **more}
 
 
 def fill(server, bucket, objects):
@@ -164,6 +158,26 @@ def test_small_s3_objects_read_through_the_crt_lane_are_checked_against_their_ch
     assert run.report['verified_by'] == {'crc32': 1, 'crc32c': 1, 'sha256': 1, 'etag': 1}, run.report
     gets = [agent for method, target, agent in proxy.agents if method == 'GET' and '.txt' in target]
     assert len(gets) == 5 and all('awscrt' in agent for agent in gets), gets
+
+
+@pytest.mark.parametrize('answer, expected', [
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661"', 'ChecksumCRC32': 'AAAAAA=='}, 'crc32'),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661"', 'ChecksumSHA256': 'AAAA', 'ChecksumCRC32C': 'AAAAAA=='}, 'crc32c'),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661-3"', 'ChecksumCRC32': 'AAAAAA=='}, None),   # maybe composite
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661-3"', 'ChecksumCRC32': 'AAAAAA==', 'ChecksumType': 'FULL_OBJECT'},
+     'crc32'),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661-3"', 'ChecksumCRC64NVME': 'AAAAAAAAAAA='}, 'crc64nvme'),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661-3"', 'ChecksumCRC32': 'AAAAAA==-3', 'ChecksumType': 'COMPOSITE'},
+     None),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661"', 'ChecksumSHA1': 'AAAA'}, 'sha1'),
+    ({'ETag': '"0cc175b9c0f1b6a831c399e269772661"'}, None),
+])
+def test_whole_object_checksums_are_trusted_only_where_they_cover_the_whole_object(answer, expected):
+    from s3_upload import whole_checksum
+    found = whole_checksum(answer)
+    assert (found and found.name) == expected
+    if found and found.name == 'crc32':
+        assert found.compute(b'') == 0 and found.combine is not None
 
 
 def test_small_s3_reads_are_pinned_to_the_listed_version(seaweed):
