@@ -1083,6 +1083,7 @@ class Info:
     tags: str = ''                                                    # URL-encoded, as PutObject's Tagging
     whole: Optional[WholeChecksum] = None
     stamp: Dict[str, str] = dataclasses.field(default_factory=dict)   # extra x-amz-meta-s3u-* entries
+    md5: Optional[bytes] = None           # the MD5 of the bytes read, as the source states it (plain ETag)
 
 
 META_HEADERS = ('ContentType', 'ContentEncoding', 'ContentDisposition', 'ContentLanguage', 'CacheControl',
@@ -1332,6 +1333,8 @@ class S3Source:
         if user:
             meta['Metadata'] = user
         info = Info(meta if self.copy_metadata else {})
+        if not response.get('SSECustomerAlgorithm') and not response.get('ServerSideEncryption', '').startswith('aws:kms'):
+            info.md5 = md5_hex_etag(response.get('ETag', ''))       # SSE-KMS and SSE-C ETags are no MD5
         if response.get('VersionId') and response['VersionId'] != 'null':
             info.stamp['s3u-src-version-id'] = response['VersionId']
         info.whole = whole_checksum(response)
@@ -2319,17 +2322,19 @@ class MemoryBudget:
                 self.condition.notify_all()
 
 
-class ServerSideSwitch:
-    """Whether server-side copy is used; turned off for the rest of the run at the first sign it cannot work."""
+class Switch:
+    """A shortcut used until the first sign it cannot work here, then off for the rest of the run."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, shortcut: str, instead: str) -> None:
         self.enabled = enabled
+        self.shortcut = shortcut
+        self.instead = instead
         self.lock = threading.Lock()
 
     def disable(self, why: str) -> None:
         with self.lock:
             if self.enabled:
-                logger.warning('server-side copy is not possible here (%s): streaming through this machine', why)
+                logger.warning('%s is not possible here (%s): %s', self.shortcut, why, self.instead)
             self.enabled = False
 
 
@@ -2408,11 +2413,12 @@ class FileTransfer:
         data, info = self.retry(f'read {key}', self.source.fetch, obj)
         if info.whole and info.whole.compute(data) != info.whole.expected:
             raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
-        md5 = md5_of(data)
+        vouched = info.md5 if self.engine.source_md5.enabled else None
+        md5 = vouched or md5_of(data)
         checksum = destination.checksum.of(data) if destination.checksum else None
         args = destination.object_args(info, self.stamp(0))
         self.engine.limiter.take(len(data))
-        etag = self.retry(f'PutObject {key}', destination.put, key, data, md5, args, checksum)
+        etag = self.retry(f'PutObject {key}', self._store, data, md5, args, checksum, vouched is not None)
         self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
         self.progress.file_advanced(key, len(data))
         for upload in destination.indexed_uploads(key):      # an earlier, larger version's upload
@@ -2421,13 +2427,25 @@ class FileTransfer:
         if info.whole:
             return info.whole.name          # source CRC matched the bytes, and Content-MD5 the upload
         if clean_etag(etag) == md5.hex():
-            return 'etag'
+            return 'source-md5' if vouched else 'etag'
         logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
                     'the server accepted Content-MD5, size checked instead', key, etag)
         head = self.retry(f'HeadObject {key}', destination.head, key)
         if head is None or head.size != obj.size:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
         return 'size'
+
+    def _store(self, data: bytes, md5: bytes, args: Dict[str, Any], checksum: Optional[bytes], vouched: bool) -> str:
+        """PutObject. With the source's MD5 as Content-MD5 (vouched), the destination proves the bytes equal
+        the source's without hashing them here; if it refuses them and they are not what the source stated,
+        they are read again (and from now on hashed here: the source's ETags may be no MD5s)."""
+        try:
+            return self.destination.put(self.task.key, data, md5, args, checksum)
+        except Exception as error:  # noqa: BLE001 - BadDigest sorted out, the rest to the retrier
+            if vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(data) != md5:
+                self.engine.source_md5.disable('the destination refused bytes under the source\'s MD5')
+                raise RestartFile('data read does not match the source\'s ETag') from None
+            raise
 
     def _copy_object(self) -> str:
         """CopyObject inside the store: no bytes through this machine."""
@@ -2810,7 +2828,8 @@ class Engine:
         self.stop = retrier.stop
         self.progress = progress or Progress()
         self.filters = filters
-        self.server_side = ServerSideSwitch(server_side)
+        self.server_side = Switch(server_side, 'server-side copy', 'streaming through this machine')
+        self.source_md5 = Switch(True, 'taking Content-MD5 from the source ETag', 'hashing the bytes here')
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')

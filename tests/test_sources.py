@@ -155,9 +155,33 @@ def test_small_s3_objects_read_through_the_crt_lane_are_checked_against_their_ch
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, dst_bucket) == objects
     assert "crc32.txt: data read does not match the source's crc32; starting this file again" in run.stderr
-    assert run.report['verified_by'] == {'crc32': 1, 'crc32c': 1, 'sha256': 1, 'etag': 1}, run.report
+    assert run.report['verified_by'] == {'crc32': 1, 'crc32c': 1, 'sha256': 1, 'source-md5': 1}, run.report
     gets = [agent for method, target, agent in proxy.agents if method == 'GET' and '.txt' in target]
     assert len(gets) == 5 and all('awscrt' in agent for agent in gets), gets
+
+
+def test_small_objects_are_stored_under_the_source_md5_and_a_bad_read_is_caught(seaweed, tool):
+    """Content-MD5 is the source's own ETag: the destination proves every byte equals what the source
+    stored, without hashing here. A read corrupted on the way is refused by the destination and read
+    again; from then on the bytes are hashed here (the ETags might have been no MD5s)."""
+    from fault_proxy import FaultProxy
+    src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
+    objects = {f'f{n}.txt': random_bytes(5000 + n, 40 + n) for n in range(6)}
+    fill(seaweed, src_bucket, objects)
+    proxy = FaultProxy(seaweed.endpoint)
+    proxy.add('corrupt_answer', 'GET', r'/f3\.txt', times=1)
+    try:
+        first = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcEndPointURL=proxy.endpoint,
+                                  ServerSideCopy='never', MaxParallelFile=1))
+    finally:
+        proxy.stop()
+    assert first.code == 0, first.stderr
+    assert bucket_contents(seaweed, dst_bucket) == objects
+    assert "f3.txt: data read does not match the source's ETag; starting this file again" in first.stderr
+    assert 'taking Content-MD5 from the source ETag is not possible here' in first.stderr
+    assert first.report['verified_by'] == {'source-md5': 3, 'etag': 3}, first.report
+    again = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, seaweed.bucket('again'), ServerSideCopy='never'))
+    assert again.code == 0 and again.report['verified_by'] == {'source-md5': 6}, again.report
 
 
 @pytest.mark.parametrize('answer, expected', [
