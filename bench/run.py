@@ -400,21 +400,27 @@ def upload_folder(server: Server, bucket: str, folder: Path, workdir: Path, pref
                     f's3://{bucket}/{prefix}'], env=env, check=True)
 
 
-def bench_resume(results: List[Result], link: str, server: Server, tools: List[str], data: Path, workdir: Path) -> None:
-    """(e) kill at 50 % of an uninterrupted run's time, then time the rerun that finishes the job."""
+def bench_resume(results: List[Result], link: str, server: Server, tools: List[str], data: Path, workdir: Path,
+                 repeat: int = 1) -> None:
+    """(e) kill at 50 % of an uninterrupted run's time, then time the rerun that finishes the job; with
+    repeats (tools taking turns) the lowest verified ratio counts, as the fastest run does elsewhere."""
     expected = make_dataset(data, 'a')
-    for tool in tools:
-        job = Job(server, server.bucket(), 'data', folder=data / 'a')
-        full, _, _, ok = transfer(tool, job, expected, workdir)
-        job.bucket = server.bucket()
-        transfer(tool, job, expected, workdir, kill_after=full / 2)
-        again, cpu, rss, ok2 = transfer(tool, job, expected, workdir)
-        result = Result(link, server.kind, 'e', tool, again, cpu, rss, GiB, 1, ok and ok2,
-                        note=f'{again / full:.2f} of an uninterrupted run ({full:.1f}s)')
-        result.ratio = again / full
-        results.append(result)
-        print(f'  {link:8} {server.kind:8} e  {tool:9} after a kill at 50%: {again:.2f}s = {again / full:.2f} x '
-              f'uninterrupted ({full:.2f}s) {"ok" if result.ok else "FAILED VERIFY"}', flush=True)
+    best: Dict[str, Result] = {}
+    for _ in range(repeat):
+        for tool in tools:
+            job = Job(server, server.bucket(), 'data', folder=data / 'a')
+            full, _, _, ok = transfer(tool, job, expected, workdir)
+            job.bucket = server.bucket()
+            transfer(tool, job, expected, workdir, kill_after=full / 2)
+            again, cpu, rss, ok2 = transfer(tool, job, expected, workdir)
+            result = Result(link, server.kind, 'e', tool, again, cpu, rss, GiB, 1, ok and ok2,
+                            note=f'{again / full:.2f} of an uninterrupted run ({full:.1f}s)')
+            result.ratio = again / full
+            print(f'  {link:8} {server.kind:8} e  {tool:9} after a kill at 50%: {again:.2f}s = {again / full:.2f} x '
+                  f'uninterrupted ({full:.2f}s) {"ok" if result.ok else "FAILED VERIFY"}', flush=True)
+            if tool not in best or (result.ok and (not best[tool].ok or result.ratio < best[tool].ratio)):
+                best[tool] = result
+    results.extend(best[tool] for tool in tools)
 
 
 def add_ratios(results: List[Result]) -> None:
@@ -507,7 +513,7 @@ def main() -> int:
                 for dataset in [s for s in sets if s != 'e']:
                     bench_set(results, 'loopback', server, dataset, tools, data, workdir, args.repeat, other)
                 if 'e' in sets:
-                    bench_resume(results, 'loopback', server, tools, data, workdir)
+                    bench_resume(results, 'loopback', server, tools, data, workdir, args.repeat)
             except Exception as error:  # noqa: BLE001 - a server that died: report what was measured
                 print(f'    ! {kind} stopped answering ({error}); its remaining cells are left out', flush=True)
             finally:
