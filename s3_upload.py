@@ -1018,7 +1018,8 @@ def whole_checksum(response: Dict[str, Any]) -> Optional[WholeChecksum]:
         expected = int.from_bytes(base64.b64decode(value), 'big')
         if algorithm.startswith('SHA'):
             digest = getattr(hashlib, algorithm.lower())
-            return WholeChecksum(algorithm.lower(), expected, lambda data: int.from_bytes(digest(data).digest(), 'big'))
+            return WholeChecksum(algorithm.lower(), expected,
+                                 lambda data: int.from_bytes(digest(data).digest(), 'big'))
         try:
             crt = _awscrt_checksums(algorithm)
         except ConfigError:
@@ -1333,7 +1334,8 @@ class S3Source:
         if user:
             meta['Metadata'] = user
         info = Info(meta if self.copy_metadata else {})
-        if not response.get('SSECustomerAlgorithm') and not response.get('ServerSideEncryption', '').startswith('aws:kms'):
+        kms = response.get('ServerSideEncryption', '').startswith('aws:kms')
+        if not kms and not response.get('SSECustomerAlgorithm'):
             info.md5 = md5_hex_etag(response.get('ETag', ''))       # SSE-KMS and SSE-C ETags are no MD5
         if response.get('VersionId') and response['VersionId'] != 'null':
             info.stamp['s3u-src-version-id'] = response['VersionId']
