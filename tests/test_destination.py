@@ -256,3 +256,15 @@ def test_write_check_of_a_run_killed_mid_check_is_cleaned_up(seaweed, tool, tmp_
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == {'in/a.txt': b'a'}
     assert unfinished_uploads(seaweed, bucket) == []
+
+
+@pytest.mark.parametrize('text', ['Mon, 30 Nov 2026 16:27:09 GMT', '2026-11-30T16:27:09.000Z', '2026-11-30T16:27:09Z',
+                                  '2026-11-30T16:27:09.123456Z', '2026-11-30T16:27:09', '1700000000',
+                                  'Thu, 01 Jan 1970 00:00:00 -0000', '2026-11-30T16:27:09+02:00'])
+def test_timestamps_parse_as_botocore_parses_them(text):
+    """The dateutil-free parser gives the same moment as botocore's for every form S3 stores answer with."""
+    import botocore.utils
+    from s3_upload import parse_timestamp
+    assert parse_timestamp(text) == botocore.utils.parse_timestamp(text)
+    with pytest.raises(ValueError):
+        parse_timestamp('not a time')
