@@ -671,10 +671,12 @@ class CrtLane:
         self.client = client
         self.timeout = timeout
         self.https = urlsplit(client.meta.endpoint_url).scheme == 'https'
-        self.fields = {name: (shape.serialization.get('location', ''), shape.serialization.get('name', name),
-                              shape.type_name, shape.serialization.get('timestampFormat', 'rfc822'))
-                       for name, shape in client.meta.service_model.operation_model('PutObject')
-                       .input_shape.members.items()}
+        self.fields = {operation: {name: (shape.serialization.get('location', ''),
+                                          shape.serialization.get('name', name), shape.type_name,
+                                          shape.serialization.get('timestampFormat', 'rfc822'))
+                                   for name, shape in client.meta.service_model.operation_model(operation)
+                                   .input_shape.members.items()}
+                       for operation in ('PutObject', 'GetObject')}
         self.bases: Dict[str, Tuple[str, str]] = {}
 
         def frozen() -> Any:
@@ -726,12 +728,13 @@ class CrtLane:
             self.bases[bucket] = (url.netloc, url.path[:-1])
         return self.bases[bucket]
 
-    def headers(self, params: Dict[str, Any]) -> Optional[List[Tuple[str, str]]]:
-        """PutObject parameters as HTTP headers, the way botocore serialises them; None if any is not
+    def headers(self, params: Dict[str, Any], operation: str = 'PutObject') -> Optional[List[Tuple[str, str]]]:
+        """An operation's parameters as HTTP headers, the way botocore serialises them; None if any is not
         plain ASCII (botocore then sends the request)."""
         headers = []
+        fields = self.fields[operation]
         for name, value in params.items():
-            location, header, kind, stamp = self.fields[name]
+            location, header, kind, stamp = fields[name]
             if location == 'headers':
                 headers.extend((header + key, text) for key, text in value.items())
             elif kind == 'timestamp':
@@ -753,15 +756,19 @@ class CrtLane:
             raise MalformedResponse('PutObject answer without an ETag')
         return etag
 
-    def get(self, bucket: str, key: str, headers: List[Tuple[str, str]]) -> Dict[str, Any]:
-        """GetObject, answered as botocore's get_object would (the body already read, as bytes)."""
+    def get(self, bucket: str, key: str, params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """GetObject, answered as botocore's get_object would (the body already read, in memory); None
+        when botocore has to send this one. Raises botocore's errors."""
         import botocore.awsrequest
         import botocore.parsers
+        headers = self.headers(params, 'GetObject')
+        if headers is None:
+            return None
         answer, body = self._send('GetObject', 'GET', bucket, key, headers, None)
         shape = self.client.meta.service_model.operation_model('GetObject').output_shape
         response = botocore.parsers.RestXMLParser(timestamp_parser=parse_timestamp).parse(
             {'status_code': 200, 'headers': botocore.awsrequest.HeadersDict(answer), 'body': b''}, shape)
-        response['Body'] = body
+        response['Body'] = io.BytesIO(body)
         return response
 
     def _send(self, operation: str, method: str, bucket: str, key: str, headers: List[Tuple[str, str]],
@@ -1297,15 +1304,14 @@ class S3Source:
         """GetObject pinned to the listed ETag (If-Match, and the answer's ETag checked too); small whole
         objects through the client's CRT lane, if it has one."""
         pin = {'IfMatch': obj.version} if obj.version else {}
+        params = {**pin, **self.extra, **args}
         lane: Optional[CrtLane] = getattr(self.client, 'crt_lane', None)
         try:
-            if lane and 'Range' not in args and obj.size <= lane.MAX_BODY and obj.version.isascii():
-                headers = [('If-Match', obj.version)] if obj.version else []
-                headers += [('x-amz-request-payer', 'requester')] if self.extra else []
-                headers += [('x-amz-checksum-mode', 'ENABLED')] if args.get('ChecksumMode') else []
-                response = lane.get(self.bucket, obj.location, headers)
-            else:
-                response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **pin, **self.extra, **args)
+            response = None
+            if lane and 'Range' not in args and obj.size <= lane.MAX_BODY:
+                response = lane.get(self.bucket, obj.location, params)
+            if response is None:
+                response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **params)
         except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
             raise self._translate(error) from None
         if obj.version and response.get('ETag') and clean_etag(response['ETag']) != clean_etag(obj.version):
@@ -1365,7 +1371,7 @@ class S3Source:
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
         response = self._get(obj, ChecksumMode='ENABLED')
-        data = response['Body'] if isinstance(response['Body'], bytes) else response['Body'].read()
+        data = response['Body'].read()
         if len(data) != obj.size:
             raise IOError(f'short read from source: {len(data)} of {obj.size} bytes')
         return data, self._info(response, obj.location)
