@@ -6,8 +6,9 @@ partition or S3-compatible store (S3_TO_S3) into an S3 bucket. Big files travel 
 multipart uploads, many parts and many files at once; data from S3 passes through
 memory one part at a time and never touches the local disk. Kill it at any moment and
 run it again: it asks the destination which parts already arrived, proves they belong
-to the current source, and sends only the rest. Every request carries Content-MD5 and
-every finished object is checked against the ETag computed from the parts.
+to the current source, and sends only the rest. Every request carries a checksum the
+store verifies (CRC64NVME where it is found to check it, else Content-MD5), and every
+finished object is checked against the value computed from the parts.
 
 Usage::
 
@@ -221,7 +222,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ListPageSize', '1000', _int_range(1, 1000), 'keys, uploads or parts asked for per list request'),
     Option('Advanced', 'ServerSideCopy', 'auto', _choice('auto', 'never'), 'auto: S3_TO_S3 on one endpoint copies inside S3 (CopyObject / UploadPartCopy), falling back to streaming'),
     Option('Advanced', 'CompareMode', 'size', _choice('size', 'identity', 'checksum'), 'when an object at the destination counts as done: same size | same source identity stamp | same content checksum'),
-    Option('Advanced', 'ChecksumAlgorithm', 'none', _choice('none', 'CRC32C', 'CRC64NVME', 'SHA256'), 'S3 additional checksum sent with every part and verified for the whole object'),
+    Option('Advanced', 'ChecksumAlgorithm', 'auto', _choice('auto', 'none', 'CRC32C', 'CRC64NVME', 'SHA256'), 'S3 additional checksum sent with every part and verified for the whole object; auto = CRC64NVME where the destination is found to verify it (then no MD5 is computed here), else none (Content-MD5)'),
     Option('Advanced', 'IgnoreListFile', '', _text, 'file of fnmatch patterns (one per line, # comments) on bucket/key (S3, OSS) or the full path (local) to leave out'),
     Option('Advanced', 'AddressingStyle', 'auto', _choice('auto', 'path', 'virtual'), 'S3 URL style; auto = path-style for IP/localhost and custom endpoints, virtual-hosted for AWS and OSS'),
     Option('Advanced', 'SignatureVersion', 's3v4', _choice('s3v4', 's3'), 'request signing: s3v4, or s3 (SigV2) for old S3-compatible stores'),
@@ -745,16 +746,14 @@ class CrtLane:
                 headers.append((header, ('true' if value else 'false') if kind == 'boolean' else str(value)))
         return headers if all(name.isascii() and text.isascii() for name, text in headers) else None
 
-    def put(self, bucket: str, key: str, data: bytes, params: Dict[str, Any]) -> Optional[str]:
-        """PutObject; the ETag, or None when botocore has to send this one. Raises botocore's errors."""
+    def put(self, bucket: str, key: str, data: bytes, params: Dict[str, Any]) -> Optional[Dict[str, str]]:
+        """PutObject; the answer's headers by lower-case name, or None when botocore has to send this one.
+        Raises botocore's errors."""
         headers = self.headers(params)
         if headers is None:
             return None
         answer, _ = self._send('PutObject', 'PUT', bucket, key, [('Content-Length', str(len(data))), *headers], data)
-        etag = answer.get('etag', '')
-        if not etag:
-            raise MalformedResponse('PutObject answer without an ETag')
-        return etag
+        return answer
 
     def get(self, bucket: str, key: str, params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """GetObject, answered as botocore's get_object would (the body already read, in memory); None
@@ -960,6 +959,7 @@ class Checksum:
 
     def __init__(self, algorithm: str) -> None:
         self.algorithm = algorithm
+        self.header = 'x-amz-checksum-' + algorithm.lower()
         self.parameter = 'Checksum' + algorithm
         self.full_object = algorithm == 'CRC64NVME'   # S3 keeps CRC64NVME as a whole-object CRC
         if algorithm == 'SHA256':
@@ -970,6 +970,12 @@ class Checksum:
         compute, self._combine = getattr(crt, algorithm.lower()), getattr(crt, 'combine_' + algorithm.lower())
         self.of = lambda data: compute(data).to_bytes(width, 'big')
         self.width = width
+
+    @staticmethod
+    def available() -> bool:
+        """Whether CRCs can be computed here (awscrt installed)."""
+        import importlib.util
+        return importlib.util.find_spec('awscrt') is not None
 
     def object_value(self, parts: List[Tuple[bytes, int]]) -> str:
         """What S3 reports for an object made of these (part checksum, part size) parts."""
@@ -1632,12 +1638,14 @@ class WriteOptions:
     acl: Optional[str] = None
     requester_pays: bool = False
     checksum: Optional[Checksum] = None
+    auto_checksum: bool = False        # CRC64NVME if the destination proves it verifies it (write check)
 
     @classmethod
     def from_config(cls, config: Config) -> 'WriteOptions':
-        checksum = Checksum(config.ChecksumAlgorithm) if config.ChecksumAlgorithm != 'none' else None
+        named = config.ChecksumAlgorithm not in ('none', 'auto')
         return cls(config.StorageClass, config.SSE, config.SSEKMSKeyId, config.ACL,
-                   config.RequestPayer == 'requester', checksum)
+                   config.RequestPayer == 'requester', Checksum(config.ChecksumAlgorithm) if named else None,
+                   config.ChecksumAlgorithm == 'auto' and Checksum.available())
 
     def args(self) -> Dict[str, Any]:
         """Arguments every new object gets (PutObject, CreateMultipartUpload, CopyObject)."""
@@ -1695,6 +1703,7 @@ class Destination:
         self.prefix = prefix + '/' if prefix else ''
         self.options = options
         self.checksum = options.checksum
+        self.checksum_verified = False      # the store refuses bytes that do not fit the checksum
         self.page_size = page_size
         self.retry = retry
         self.payer = {'RequestPayer': 'requester'} if options.requester_pays else {}
@@ -1712,14 +1721,15 @@ class Destination:
     def key_for(self, relative_key: str) -> str:
         return self.prefix + relative_key
 
-    def check(self, write: bool = True, index: bool = False) -> None:
+    def check(self, write: bool = True, index: bool = False, probe_checksum: bool = True) -> None:
         """Listing (and, unless write=False, writing) works; the write check leaves nothing behind.
-        index=True also loads the upload index, alongside the write check (round trips count on long links)."""
+        index=True also loads the upload index, alongside the write check (round trips count on long links);
+        probe_checksum=False keeps ChecksumAlgorithm = auto from choosing a checksum (server-side copies)."""
         check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer)
         with ThreadPoolExecutor(1, 'check') as beside:
             loading = beside.submit(self.load_upload_index) if index else None
             if write:
-                self._write_check()
+                self._write_check(probe_checksum)
             if loading and loading.exception():
                 self._load_index_after(loading.exception())
 
@@ -1734,26 +1744,59 @@ class Destination:
 
     PROBE = '.s3_upload-write-check'
 
-    def _write_check(self) -> None:
-        """Start and abort a multipart upload: proves s3:PutObject and the write options."""
+    def _write_check(self, probe_checksum: bool = True) -> None:
+        """Start and abort a multipart upload: proves s3:PutObject and the write options. With a checksum
+        (or auto and probe_checksum), a part sent under a wrong one shows whether the store verifies it."""
         import botocore.exceptions
         probe = self.prefix + self.PROBE
+        trial = self.options.auto_checksum and probe_checksum and self.checksum is None
+        if trial:
+            self.checksum = Checksum('CRC64NVME')
         try:
             upload_id = self.create_upload(probe, {})
         except botocore.exceptions.ClientError as error:
-            code = error_code(error)
-            if code in ('AccessDenied', '403'):
-                raise ConfigError(f'no permission to write to destination bucket {self.bucket!r}: the '
-                                  'credentials need s3:PutObject there') from None
-            if code == 'InvalidStorageClass':
-                raise ConfigError(f'the destination does not accept StorageClass {self.options.storage_class}: '
-                                  'choose another one') from None
-            raise ConfigError(f'cannot start an upload in destination bucket {self.bucket!r} with these '
-                              f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}') from None
+            if not trial:
+                raise self._write_refused(error) from None
+            self.checksum = None         # the store takes no CRC64NVME uploads: Content-MD5 it is
+            try:
+                upload_id = self.create_upload(probe, {})
+            except botocore.exceptions.ClientError as again:
+                raise self._write_refused(again) from None
         try:
-            self.abort(probe, upload_id)
-        except botocore.exceptions.ClientError as error:
-            logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
+            if self.checksum and probe_checksum:
+                self.checksum_verified = self._refuses_wrong_checksum(probe, upload_id)
+                if trial and not self.checksum_verified:
+                    self.checksum = None
+        finally:
+            try:
+                self.abort(probe, upload_id)
+            except botocore.exceptions.ClientError as error:
+                logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
+        logger.debug('destination checksum: %s', f'{self.checksum.algorithm}, verified by the store'
+                     if self.checksum and self.checksum_verified else self.checksum and self.checksum.algorithm)
+
+    def _write_refused(self, error: BaseException) -> ConfigError:
+        code = error_code(error)
+        if code in ('AccessDenied', '403'):
+            return ConfigError(f'no permission to write to destination bucket {self.bucket!r}: the '
+                               'credentials need s3:PutObject there')
+        if code == 'InvalidStorageClass':
+            return ConfigError(f'the destination does not accept StorageClass {self.options.storage_class}: '
+                               'choose another one')
+        return ConfigError(f'cannot start an upload in destination bucket {self.bucket!r} with these '
+                           f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}')
+
+    def _refuses_wrong_checksum(self, key: str, upload_id: str) -> bool:
+        """Whether the store refuses a part whose checksum does not fit its bytes: then a part it accepts
+        under our checksum holds our bytes, and no MD5 needs to be computed here."""
+        assert self.checksum is not None
+        try:
+            self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b'probe',
+                                    **{self.checksum.parameter: b64(self.checksum.of(b'not the probe'))},
+                                    **self.payer)
+        except Exception as error:  # noqa: BLE001 - any other answer: not shown to verify
+            return error_code(error) in ('BadDigest', 'InvalidDigest', 'XAmzContentChecksumMismatch')
+        return False
 
     def object_args(self, info: Info, stamp: Dict[str, str]) -> Dict[str, Any]:
         """Arguments of a new object: the source's metadata and tags, our stamps, the write options."""
@@ -1854,14 +1897,21 @@ class Destination:
     def _checksum_arg(self, checksum: Optional[bytes]) -> Dict[str, str]:
         return {self.checksum.parameter: b64(checksum)} if self.checksum and checksum is not None else {}
 
-    def put(self, key: str, data: bytes, md5: bytes, args: Dict[str, Any], checksum: Optional[bytes]) -> str:
+    def _echo(self, response: Dict[str, Any]) -> str:
+        """The additional checksum the store reports back for what it received ('' if none)."""
+        return response.get(self.checksum.parameter, '') if self.checksum else ''
+
+    def put(self, key: str, data: bytes, md5: Optional[bytes], args: Dict[str, Any],
+            checksum: Optional[bytes]) -> Tuple[str, str]:
+        """PutObject, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
+        params = {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
         if self.lane and len(data) <= self.lane.MAX_BODY:
-            etag = self.lane.put(self.bucket, key, data, {'ContentMD5': b64(md5), **args, **self._checksum_arg(checksum)})
-            if etag is not None:
-                return etag
-        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data), ContentMD5=b64(md5),
-                                          **args, **self._checksum_arg(checksum))
-        return _etag_of(response, 'PutObject')
+            answer = self.lane.put(self.bucket, key, data, params)
+            if answer is not None:
+                return (_etag_of({'ETag': answer.get('etag')}, 'PutObject'),
+                        answer.get(self.checksum.header, '') if self.checksum else '')
+        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data), **params)
+        return _etag_of(response, 'PutObject'), self._echo(response)
 
     def create_upload(self, key: str, args: Dict[str, Any]) -> str:
         extra = dict(self.options.args(), **args)
@@ -1871,12 +1921,13 @@ class Destination:
                 extra['ChecksumType'] = 'FULL_OBJECT'
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)['UploadId']
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: bytes,
-                    checksum: Optional[bytes]) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: Optional[bytes],
+                    checksum: Optional[bytes]) -> Tuple[str, str]:
+        """UploadPart, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
         response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=Payload(data), ContentMD5=b64(md5), **self.payer,
-                                           **self._checksum_arg(checksum))
-        return _etag_of(response, 'UploadPart')
+                                           Body=Payload(data), **({'ContentMD5': b64(md5)} if md5 else {}),
+                                           **self.payer, **self._checksum_arg(checksum))
+        return _etag_of(response, 'UploadPart'), self._echo(response)
 
     def copy_part(self, key: str, upload_id: str, number: int, source: Dict[str, str], pin: str,
                   first: int, last: int) -> Tuple[str, str]:
@@ -2124,9 +2175,13 @@ class ResumeJournal:
                     if record.get('op') == 'open':
                         if 'parts' in record:       # journals of version 2.0 have no parts: all listed are kept
                             record['parts'] = {int(n): etag for n, etag in record['parts'].items()}
+                        record['checksums'] = {int(n): value for n, value in record.get('checksums', {}).items()}
                         entries[record['upload_id']] = record
                     elif record.get('op') == 'part' and 'parts' in entries.get(record.get('upload_id'), {}):
-                        entries[record['upload_id']]['parts'][int(record['number'])] = record['etag']
+                        entry = entries[record['upload_id']]
+                        entry['parts'][int(record['number'])] = record['etag']
+                        if record.get('checksum'):
+                            entry['checksums'][int(record['number'])] = record['checksum']
                     elif record.get('op') == 'close':
                         entries.pop(record.get('upload_id'), None)
                 self.seen_size = os.fstat(handle.fileno()).st_size
@@ -2154,19 +2209,22 @@ class ResumeJournal:
 
     def record(self, bucket: str, key: str, upload_id: str, identity: str, part_size: int) -> None:
         entry = {'op': 'open', 'bucket': bucket, 'key': key, 'upload_id': upload_id,
-                 'identity': identity, 'part_size': part_size, 'time': time.time(), 'parts': {}}
+                 'identity': identity, 'part_size': part_size, 'time': time.time(), 'parts': {}, 'checksums': {}}
         with self.lock:
             self.entries[upload_id] = entry
         self._append(entry)
 
-    def part_done(self, upload_id: str, number: int, etag: str) -> None:
-        """The store acknowledged this part with this ETag."""
+    def part_done(self, upload_id: str, number: int, etag: str, checksum: str = '') -> None:
+        """The store acknowledged this part with this ETag (and this base64 additional checksum)."""
+        record = {'op': 'part', 'upload_id': upload_id, 'number': number, 'etag': clean_etag(etag)}
         with self.lock:
             entry = self.entries.get(upload_id)
             if entry is None or 'parts' not in entry:
                 return
             entry['parts'][number] = clean_etag(etag)
-        self._append({'op': 'part', 'upload_id': upload_id, 'number': number, 'etag': clean_etag(etag)})
+            if checksum:
+                entry.setdefault('checksums', {})[number] = record['checksum'] = checksum
+        self._append(record)
 
     def get(self, bucket: str, key: str, upload_id: str) -> Optional[Dict[str, Any]]:
         with self.lock:
@@ -2415,8 +2473,10 @@ class FileTransfer:
     def stamp(self, part_size: int) -> Dict[str, str]:
         """The x-amz-meta-s3u-* entries that identify the source version and how it was checked."""
         checksum = self.destination.checksum
+        alone = checksum is not None and self.engine.checksum_instead.enabled
+        how = ([] if alone else ['md5']) + ([checksum.algorithm.lower()] if checksum else [])
         return {**self.source.stamp(self.task.source), 's3u-etag-part-size': str(part_size),
-                's3u-checksum': 'md5' + (f'+{checksum.algorithm.lower()}' if checksum else '')}
+                's3u-checksum': '+'.join(how)}
 
     def _put(self) -> str:
         with self.engine.memory.hold(self.task.source.size):
@@ -2428,16 +2488,21 @@ class FileTransfer:
         if info.whole and info.whole.compute(data) != info.whole.expected:
             raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
         vouched = info.md5 if self.engine.source_md5.enabled else None
-        md5 = vouched or md5_of(data)
         checksum = destination.checksum.of(data) if destination.checksum else None
+        by_checksum = vouched is None and checksum is not None and self.engine.checksum_instead.enabled
+        md5 = vouched or (None if by_checksum else md5_of(data))
         args = destination.object_args(info, self.stamp(0))
         self.engine.limiter.take(len(data))
-        etag = self.retry(f'PutObject {key}', self._store, data, md5, args, checksum, vouched is not None)
+        etag, echo = self.retry(f'PutObject {key}', self._store, data, md5, args, checksum, vouched is not None)
         self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
         self.progress.file_advanced(key, len(data))
         for upload in destination.indexed_uploads(key):      # an earlier, larger version's upload
             self.retry(f'AbortMultipartUpload {key}', destination.abort, key, upload.upload_id)
             self.engine.journal.forget(upload.upload_id)
+        if md5 is None:
+            md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
+            if md5 is None:
+                return info.whole.name if info.whole else destination.checksum.algorithm.lower()
         if info.whole:
             return info.whole.name          # source CRC matched the bytes, and Content-MD5 the upload
         if clean_etag(etag) == md5.hex():
@@ -2449,7 +2514,8 @@ class FileTransfer:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
         return 'size'
 
-    def _store(self, data: bytes, md5: bytes, args: Dict[str, Any], checksum: Optional[bytes], vouched: bool) -> str:
+    def _store(self, data: bytes, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes],
+               vouched: bool) -> Tuple[str, str]:
         """PutObject. With the source's MD5 as Content-MD5 (vouched), the destination proves the bytes equal
         the source's without hashing them here; if it refuses them and they are not what the source stated,
         they are read again (and from now on hashed here: the source's ETags may be no MD5s)."""
@@ -2592,7 +2658,8 @@ class MultipartCopy:
         try:
             for part in self.engine.run_parts(send, upload_id, part_size, numbers, self.transfer.stop):
                 done[part.number] = part
-                self.engine.journal.part_done(upload_id, part.number, part.etag)
+                self.engine.journal.part_done(upload_id, part.number, part.etag,
+                                              b64(part.checksum) if part.checksum else '')
         except SourceGone as gone:
             self._discard(upload_id, f'it can never be completed: {gone}')
             raise
@@ -2603,6 +2670,10 @@ class MultipartCopy:
             if error_code(error) == 'NoSuchUpload':
                 self.engine.journal.forget(upload_id)
                 raise UploadLost('the destination dropped the multipart upload') from None
+            if error_code(error) == 'InvalidRequest' and 'checksum' in describe_error(error).lower():
+                # S3 takes parts only under the checksum the upload started with (an earlier run's setting)
+                self._discard(upload_id, f'it takes no parts under this checksum ({describe_error(error)})')
+                raise UploadLost('the upload was started under another checksum setting') from None
             raise
 
     def _refused(self, upload_id: str, done: Dict[int, PartDone], kept: Dict[int, Part]) -> List[int]:
@@ -2681,7 +2752,7 @@ class MultipartCopy:
         if not trusted:
             self.engine.journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, part_size)
             for number, part in kept.items():        # proven by re-reading: as good as acknowledged
-                self.engine.journal.part_done(upload.upload_id, number, part.etag)
+                self.engine.journal.part_done(upload.upload_id, number, part.etag, part.checksum)
         return upload.upload_id, part_size, kept
 
     def _acknowledged(self, upload_id: str, entry: Dict[str, Any], parts: List[Part]
@@ -2692,8 +2763,9 @@ class MultipartCopy:
         if not parts_fit([], self.obj.size, part_size):
             self._discard(upload_id, 'its part size does not fit the current source')
             return None
-        acknowledged = entry['parts']
-        kept = {part.number: part for part in parts if acknowledged.get(part.number) == clean_etag(part.etag)
+        acknowledged, checksums = entry['parts'], entry.get('checksums', {})
+        kept = {part.number: dataclasses.replace(part, checksum=part.checksum or checksums.get(part.number, ''))
+                for part in parts if acknowledged.get(part.number) == clean_etag(part.etag)
                 and parts_fit([part], self.obj.size, part_size)}
         if len(kept) < len(parts):
             logger.info('%s: %d listed part(s) were never acknowledged to us as they are now; sending them again',
@@ -2718,12 +2790,14 @@ class MultipartCopy:
     def _send_part_in_memory(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self._read(number, offset, length)
-        md5 = md5_of(data)
         checksum = self.destination.checksum.of(data) if self.destination.checksum else None
+        md5 = None if checksum is not None and self.engine.checksum_instead.enabled else md5_of(data)
         crc = self.whole.compute(data) if self.whole else None
         self.engine.limiter.take(length)
-        etag = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
-                          self.key, upload_id, number, data, md5, checksum)
+        etag, echo = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
+                                self.key, upload_id, number, data, md5, checksum)
+        if md5 is None:
+            md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
         self.progress.add(bytes_transferred=length, parts_uploaded=1)
         self.progress.file_advanced(self.key, length)
         return PartDone(number, length, etag, md5, checksum, crc)
@@ -2844,9 +2918,24 @@ class Engine:
         self.filters = filters
         self.server_side = Switch(server_side, 'server-side copy', 'streaming through this machine')
         self.source_md5 = Switch(True, 'taking Content-MD5 from the source ETag', 'hashing the bytes here')
+        self.checksum_instead = Switch(destination.checksum_verified, 'letting the destination verify '
+                                       f'{destination.checksum and destination.checksum.algorithm} alone',
+                                       'sending Content-MD5 too')
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
+
+    def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
+        """After bytes went under a checksum alone (no Content-MD5): None if the store reported the checksum
+        back, else their MD5, which must be the ETag (and Content-MD5 goes along from now on)."""
+        algorithm = self.destination.checksum.algorithm if self.destination.checksum else 'checksum'
+        if checksum is not None and echo == b64(checksum):
+            return None
+        self.checksum_instead.disable(f'the store answered without confirming the {algorithm}')
+        md5 = md5_of(data)
+        if clean_etag(etag) != md5.hex():
+            raise RestartFile(f'the store confirmed neither the {algorithm} nor the MD5 of the data')
+        return md5
 
     def tasks(self) -> Iterator[Task]:
         return plan(self.source.objects(), self.destination, self.filters, self.source.match_name,
@@ -3222,7 +3311,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
     else:
         source = OssSource.from_config(config, retrier)
     source.check()
-    destination.check(write=write_check, index=write_check)
+    destination.check(write=write_check, index=write_check, probe_checksum=not server_side)
     return source, destination, server_side
 
 
@@ -4191,7 +4280,7 @@ class TableJournal:
             return entry
         return None
 
-    def part_done(self, upload_id: str, number: int, etag: str) -> None:
+    def part_done(self, upload_id: str, number: int, etag: str, checksum: str = '') -> None:
         """Parts are not recorded in the table (a write per part); resume keeps every listed part that fits."""
 
     def forget(self, upload_id: str) -> None:

@@ -8,9 +8,10 @@ and a regular expression on the path + query, fire a given number of times, and 
     reset_response  forward, then send half of the response and reset the connection
     stall           forward, then wait `seconds` before answering
     truncate        forward, then announce the full body but send only half of it and close
-    status          answer `status` with S3 error `code` without forwarding (500 InternalError, 503 SlowDown...)
+    status          answer `status` with S3 error `code` (and `message`) without forwarding (500 InternalError...)
     corrupt         flip one byte of the request body before forwarding (the server's Content-MD5 check fails)
     corrupt_answer  flip one byte of the response body (what a bad link or disk would hand the client)
+    headers         forward, then answer with the response headers in `headers` replaced (None: left out)
 
 `upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
 `agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it.
@@ -26,7 +27,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {'connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'te', 'trailer', 'upgrade'}
@@ -40,7 +41,9 @@ class Rule:
     times: int = 1                  # how often it fires; -1 = always
     status: int = 500
     code: str = 'InternalError'
+    message: str = ''
     seconds: float = 0.0
+    headers: Optional[Dict[str, Optional[str]]] = None
     hits: int = 0
 
     def applies(self, method: str, target: str) -> bool:
@@ -135,7 +138,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if rule and rule.action == 'status':
             self.owner.log.append((method, target, rule.status))
             error = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{rule.code}</Code>'
-                     f'<Message>injected {rule.code}</Message><RequestId>0</RequestId></Error>').encode()
+                     f'<Message>{rule.message or "injected " + rule.code}</Message><RequestId>0</RequestId></Error>').encode()
             self.send_response(rule.status)
             self.send_header('Content-Type', 'application/xml')
             self.send_header('Content-Length', str(0 if method == 'HEAD' else len(error)))
@@ -155,6 +158,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
         self.owner.log.append((method, target, status))
+        if rule and rule.action == 'headers' and rule.headers:
+            replaced = {name.lower(): value for name, value in rule.headers.items()}
+            reply_headers = [(name, value) for name, value in reply_headers if name.lower() not in replaced]
+            reply_headers += [(name, value) for name, value in replaced.items() if value is not None]
         if rule and rule.action == 'stall':
             time.sleep(rule.seconds)
         self.send_response(status, reason)

@@ -25,7 +25,7 @@ def test_local_files_get_a_guessed_content_type_and_identity_stamps(seaweed, too
     assert head['Metadata']['s3u-src-size'] == str(stat.st_size)
     assert head['Metadata']['s3u-src-mtime'] == str(stat.st_mtime_ns)
     assert head['Metadata']['s3u-etag-part-size'] == str(5 * MiB)
-    assert head['Metadata']['s3u-checksum'] == 'md5'
+    assert head['Metadata']['s3u-checksum'] == 'crc64nvme'      # SeaweedFS verifies it: no MD5 needed
 
 
 @pytest.mark.parametrize('server_side', ['never', 'auto'])
@@ -110,10 +110,12 @@ def test_additional_checksums_sent_and_verified(algorithm, server_name, request,
     if algorithm == 'SHA256' and server_name == 'seaweed':
         import hashlib
         assert small[f'Checksum{algorithm}'] == base64.b64encode(hashlib.sha256(b'checksummed').digest()).decode()
-    # moto reports a multipart CRC32C that is neither S3's composite nor the full-object value: the tool
-    # says so and falls back to the ETag check instead of claiming a checksum verification.
-    expected = 'etag' if (server_name, algorithm) == ('moto', 'CRC32C') else algorithm.lower()
-    assert run.report['verified_by'].get(expected) == (2 if expected == 'etag' else 1), run.report
+    # SeaweedFS refuses bytes under a wrong checksum: its answers verify both objects. moto does not: the
+    # small one is proven by its ETag, and for the multipart one moto reports a CRC32C that is neither
+    # S3's composite nor the full-object value: the tool says so and falls back to the ETag check.
+    expected = {algorithm.lower(): 2} if server_name == 'seaweed' else \
+        {'etag': 2} if algorithm == 'CRC32C' else {'etag': 1, algorithm.lower(): 1}
+    assert run.report['verified_by'] == expected, run.report
 
 
 def test_s3_to_s3_end_to_end_crc64nvme_without_rereading(seaweed, tool):
@@ -211,12 +213,12 @@ def test_small_puts_take_the_crt_lane_with_every_header(use_crt, moto, seaweed, 
     assert bucket_contents(seaweed, dst_bucket) == {**LANE_KEYS, 'large.bin': large}
     head = seaweed.client().head_object(Bucket=dst_bucket, Key='ünï/ключ 名.txt')
     assert head['ContentType'] == 'text/x-test' and head['Metadata']['camera'] == 'x100'
-    assert head['Metadata']['s3u-src-etag'] and head['Metadata']['s3u-checksum'] == 'md5'
+    assert head['Metadata']['s3u-src-etag'] and head['Metadata']['s3u-checksum'] == 'crc64nvme'
     tags = seaweed.client().get_object_tagging(Bucket=dst_bucket, Key='dots./x..y/~tilde =.txt')['TagSet']
     assert tags == [{'Key': 'team', 'Value': 'red'}]
     puts = [(target, agent) for method, target, agent in proxy.agents if method == 'PUT']
-    small = [agent for target, agent in puts if 'large.bin' not in target]
-    parts = [agent for target, agent in puts if 'partNumber=' in target]
+    small = [agent for target, agent in puts if 'large.bin' not in target and 'write-check' not in target]
+    parts = [agent for target, agent in puts if 'partNumber=' in target and 'write-check' not in target]
     assert len(small) == len(LANE_KEYS) and len(parts) == 2
     assert all(('awscrt' in agent) == (use_crt == 'auto') for agent in small), small
     assert all('botocore' in agent and 'awscrt' not in agent for agent in parts), parts
@@ -268,3 +270,68 @@ def test_timestamps_parse_as_botocore_parses_them(text):
     assert parse_timestamp(text) == botocore.utils.parse_timestamp(text)
     with pytest.raises(ValueError):
         parse_timestamp('not a time')
+
+
+AUTO_FILES = {'small.txt': b'checked by the store', 'empty': b'', 'multi.bin': random_bytes(12 * MiB + 5, 9)}
+
+
+def _crc64nvme(data: bytes) -> str:
+    import awscrt.checksums
+    return base64.b64encode(awscrt.checksums.crc64nvme(data).to_bytes(8, 'big')).decode()
+
+
+def test_auto_checksum_lets_a_store_that_verifies_crc64nvme_check_every_byte(seaweed, tool, tmp_path):
+    """ChecksumAlgorithm = auto (the default): SeaweedFS refuses the write check's part sent under a wrong
+    CRC64NVME, so objects and parts go with their CRC64NVME alone (no MD5 computed here), each answer
+    reports the CRC back, and the objects keep it."""
+    src = write_tree(tmp_path / 'src', AUTO_FILES)
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == AUTO_FILES
+    assert run.report['verified_by'] == {'crc64nvme': 3}, run.report
+    client = seaweed.client()
+    for key, body in AUTO_FILES.items():
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode='ENABLED')
+        assert head['ChecksumCRC64NVME'] == _crc64nvme(body) and head['Metadata']['s3u-checksum'] == 'crc64nvme'
+
+
+@pytest.mark.parametrize('server_name', ['rclone', 'moto'])
+def test_auto_checksum_keeps_content_md5_where_the_store_does_not_verify(server_name, request, tool, tmp_path):
+    """rclone serve s3 and moto accept a part under a wrong CRC64NVME: auto sends no checksum there, and
+    every object is proven by Content-MD5 and its ETag as before."""
+    server = request.getfixturevalue(server_name)
+    src = write_tree(tmp_path / 'src', AUTO_FILES)
+    bucket = server.bucket()
+    run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(server, bucket) == AUTO_FILES
+    assert run.report['verified_by'] == {'etag': 3}, run.report
+    client = server.client()
+    assert 'ChecksumCRC64NVME' not in client.head_object(Bucket=bucket, Key='multi.bin', ChecksumMode='ENABLED')
+    metadata = client.head_object(Bucket=bucket, Key='small.txt')['Metadata']
+    assert metadata.get('s3u-checksum') == ('md5' if server_name == 'moto' else None)   # rclone keeps none
+
+
+@pytest.mark.parametrize('etag', [None, '"0123456789abcdef0123456789abcdef"'], ids=['etag-kept', 'etag-wrong'])
+def test_a_store_that_stops_reporting_the_checksum_back_gets_content_md5_again(etag, seaweed, tool, tmp_path):
+    """An answer without the CRC64NVME it was sent under: the ETag must then be the MD5 of the bytes (else
+    they are sent again), and the rest of the run sends Content-MD5 along."""
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    replaced = {'x-amz-checksum-crc64nvme': None, **({'ETag': etag} if etag else {})}
+    rule = proxy.add('headers', 'PUT', r'/small\.txt$', headers=replaced)
+    try:
+        src = write_tree(tmp_path / 'src', AUTO_FILES)
+        bucket = seaweed.bucket()
+        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxParallelFile=1)
+        run = tool.run({**settings, 'DesEndPointURL': proxy.endpoint})
+    finally:
+        proxy.stop()
+    assert rule.hits == 1 and run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == AUTO_FILES
+    assert 'sending Content-MD5 too' in run.stderr
+    assert ('starting this file again' in run.stderr) == (etag is not None)
+    # Files go in key order, one at a time: empty, multi.bin (CRC alone), then small.txt (the answer
+    # without the CRC), after which the ETag verifies.
+    assert run.report['verified_by'] == {'crc64nvme': 2, 'etag': 1}, run.report

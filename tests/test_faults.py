@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts,
-                      write_tree)
+from conftest import (bucket_contents, dest_settings, leftover_upload, random_bytes, s3_to_s3, unfinished_uploads,
+                      wait_for_parts, write_tree)
 from fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -85,7 +85,7 @@ def test_reset_mid_response_of_a_source_read(seaweed, moto, tool):
 
 
 PERMANENT = {
-    '403 AccessDenied on UploadPart': ('PUT', r'partNumber=', 403, 'AccessDenied', 'AccessDenied'),
+    '403 AccessDenied on UploadPart': ('PUT', r'multi\.bin\?.*partNumber=', 403, 'AccessDenied', 'AccessDenied'),
     '404 NoSuchBucket on PutObject': ('PUT', r'/small\.txt$', 404, 'NoSuchBucket', 'NoSuchBucket'),
     '403 InvalidAccessKeyId on PutObject': ('PUT', r'/small\.txt$', 403, 'InvalidAccessKeyId', 'InvalidAccessKeyId'),
 }
@@ -232,3 +232,21 @@ def test_s3_source_deleted_mid_copy_fails_that_key(moto, seaweed, tool):
     assert b'FAILED doomed.bin: source object was deleted' in err
     assert bucket_contents(seaweed, dst_bucket) == {'fine.txt': b'fine'}
     assert unfinished_uploads(seaweed, dst_bucket) == []
+
+
+def test_an_upload_started_under_another_checksum_setting_is_started_again(seaweed, proxy, tool, tmp_path):
+    """S3 takes parts only under the checksum an upload was started with (InvalidRequest otherwise): an
+    upload left by a run with other settings is aborted and the file sent again, instead of failing."""
+    import re
+    data = random_bytes(16 * MiB, 41)
+    src = write_tree(tmp_path / 'src', {'x.bin': data})
+    bucket = seaweed.bucket()
+    old = leftover_upload(seaweed, bucket, 'x.bin', {1: data[:5 * MiB]})
+    rule = proxy.add('status', 'PUT', rf'/x\.bin\?.*uploadId={re.escape(old)}', times=-1, status=400,
+                     code='InvalidRequest', message='Checksum Type mismatch occurred, expected checksum Type: null, '
+                                                    'actual checksum Type: crc64nvme')
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5))
+    assert rule.hits >= 1 and run.code == 0, run.stderr
+    assert 'started under another checksum setting' in run.stderr
+    assert bucket_contents(seaweed, bucket) == {'x.bin': data}
+    assert unfinished_uploads(seaweed, bucket) == []

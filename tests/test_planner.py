@@ -133,7 +133,7 @@ def test_resume_journal_keeps_acknowledged_parts_across_restarts_and_compactions
     journal = ResumeJournal(path)
     journal.record('b', 'k', 'up-1', 'size+mtime', 8 * MiB)
     journal.part_done('up-1', 1, '"aaa"')
-    journal.part_done('up-1', 2, 'bbb')
+    journal.part_done('up-1', 2, 'bbb', 'Y3JjNjQ=')        # with the additional checksum acknowledged
     journal.record('b', 'other', 'up-2', 'id', 8 * MiB)
     journal.forget('up-2')
     journal.part_done('up-2', 1, 'ccc')                 # a late part of a finished upload: not recorded
@@ -141,6 +141,7 @@ def test_resume_journal_keeps_acknowledged_parts_across_restarts_and_compactions
         journal = ResumeJournal(path)
         entry = journal.get('b', 'k', 'up-1')
         assert entry is not None and entry['parts'] == {1: 'aaa', 2: 'bbb'} and entry['part_size'] == 8 * MiB
+        assert entry['checksums'] == {2: 'Y3JjNjQ='}
         assert journal.get('b', 'other', 'up-2') is None
         assert journal.get('b', 'wrong-key', 'up-1') is None
     with open(path, 'a', encoding='utf-8') as handle:    # an entry of version 2.0: no part list

@@ -118,20 +118,32 @@ def test_s3_source_overwritten_mid_copy_restarts_the_object(seaweed, tool):
 
 
 def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
+    """Parts kept from the killed run are not read from the source again: their CRC64NVME (which
+    SeaweedFS's ListParts leaves out) comes from the journal, and the whole object's CRC is checked."""
+    from fault_proxy import FaultProxy
     src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
     data = random_bytes(40 * MiB, 6)
     fill(moto, src_bucket, {'r.bin': data})
-    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=2, BandwidthLimit=10)
-    process = tool.start(settings)
-    assert len(wait_for_parts(seaweed, dst_bucket, 'r.bin', 3)) >= 3
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    settings['BandwidthLimit'] = 0
-    run = tool.run(settings)
+    proxy = FaultProxy(moto.endpoint)
+    try:
+        settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcEndPointURL=proxy.endpoint, ChunkSize=5,
+                            MaxThread=2, BandwidthLimit=10)
+        process = tool.start(settings)
+        assert len(wait_for_parts(seaweed, dst_bucket, 'r.bin', 3)) >= 3
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        proxy.clear()
+        settings['BandwidthLimit'] = 0
+        run = tool.run(settings)
+    finally:
+        proxy.stop()
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] >= 3
     assert run.report['bytes_transferred'] + run.report['bytes_resumed'] == len(data)
     assert bucket_contents(seaweed, dst_bucket) == {'r.bin': data}
+    reads = [target for method, target, _ in proxy.log if method == 'GET' and 'r.bin' in target]
+    assert len(reads) == run.report['parts_uploaded'] == 8 - run.report['parts_resumed'], reads
+    assert run.report['verified_by'] == {'crc64nvme': 1}, run.report
 
 
 def test_small_s3_objects_read_through_the_crt_lane_are_checked_against_their_checksums(seaweed, tool):
@@ -163,7 +175,8 @@ def test_small_s3_objects_read_through_the_crt_lane_are_checked_against_their_ch
 def test_small_objects_are_stored_under_the_source_md5_and_a_bad_read_is_caught(seaweed, tool):
     """Content-MD5 is the source's own ETag: the destination proves every byte equals what the source
     stored, without hashing here. A read corrupted on the way is refused by the destination and read
-    again; from then on the bytes are hashed here (the ETags might have been no MD5s)."""
+    again; from then on the bytes go under their own checksum (the ETags might have been no MD5s): the
+    CRC64NVME that SeaweedFS verifies."""
     from fault_proxy import FaultProxy
     src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
     objects = {f'f{n}.txt': random_bytes(5000 + n, 40 + n) for n in range(6)}
@@ -179,7 +192,7 @@ def test_small_objects_are_stored_under_the_source_md5_and_a_bad_read_is_caught(
     assert bucket_contents(seaweed, dst_bucket) == objects
     assert "f3.txt: data read does not match the source's ETag; starting this file again" in first.stderr
     assert 'taking Content-MD5 from the source ETag is not possible here' in first.stderr
-    assert first.report['verified_by'] == {'source-md5': 3, 'etag': 3}, first.report
+    assert first.report['verified_by'] == {'source-md5': 3, 'crc64nvme': 3}, first.report
     again = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, seaweed.bucket('again'), ServerSideCopy='never'))
     assert again.code == 0 and again.report['verified_by'] == {'source-md5': 6}, again.report
 
