@@ -65,6 +65,24 @@ def free_port(host: str = '127.0.0.1') -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = '127.0.0.1') -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def seaweed_port() -> int:
+    """An S3 port whose SeaweedFS companions (master, volume, filer, admin at +1000..+1003) are free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + 1003 < 65536 and all(port_is_free(port + offset) for offset in range(1000, 1004)):
+            return port
+    raise RuntimeError('no free ports for SeaweedFS')
+
+
 def wait_port(host: str, port: int, process: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -95,7 +113,7 @@ class Server:
                        '--etag-hash', 'MD5', str(data / 'root')]
             (data / 'root').mkdir()
         else:
-            port = free_port() if not netns else 18333
+            port = seaweed_port() if not netns else 18333
             identities = {'identities': [{'name': name, 'credentials': [{'accessKey': k, 'secretKey': s}],
                                           'actions': ['Admin', 'Read', 'Write', 'List', 'Tagging']}
                                          for name, (k, s) in KEYS.items()]}
