@@ -605,8 +605,9 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
         # A fixed User-Agent: botocore otherwise rebuilds and sanitises it on every request.
         user_agent=f's3_upload/{__version__} botocore/{botocore.__version__} Python/{sys.version.split()[0]}',
         parameter_validation=False,     # our requests are built by code, not typed by a user
-        # Every upload carries Content-MD5, a signed header: the body is bound to the signature by its
-        # MD5, so a second pass over the data (SHA-256 of the payload) buys nothing, even over http.
+        # Every upload carries Content-MD5 or an x-amz-checksum-* the store verifies, a signed header: the
+        # body is bound to the signature by it, so a second pass over the data (SHA-256 of the payload)
+        # buys nothing, even over http.
         s3={'addressing_style': addressing, 'payload_signing_enabled': False},
         signature_version=signature,
     )
