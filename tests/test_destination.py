@@ -280,16 +280,22 @@ def _crc64nvme(data: bytes) -> str:
     return base64.b64encode(awscrt.checksums.crc64nvme(data).to_bytes(8, 'big')).decode()
 
 
+def _copied_with_defaults(server, tool, tmp_path, verified_by):
+    """Copy AUTO_FILES with the default settings; check the bytes and how they were verified; the bucket."""
+    src = write_tree(tmp_path / 'src', AUTO_FILES)
+    bucket = server.bucket()
+    run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(server, bucket) == AUTO_FILES
+    assert run.report['verified_by'] == verified_by, run.report
+    return bucket
+
+
 def test_auto_checksum_lets_a_store_that_verifies_crc64nvme_check_every_byte(seaweed, tool, tmp_path):
     """ChecksumAlgorithm = auto (the default): SeaweedFS refuses the write check's part sent under a wrong
     CRC64NVME, so objects and parts go with their CRC64NVME alone (no MD5 computed here), each answer
     reports the CRC back, and the objects keep it."""
-    src = write_tree(tmp_path / 'src', AUTO_FILES)
-    bucket = seaweed.bucket()
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
-    assert run.code == 0, run.stderr
-    assert bucket_contents(seaweed, bucket) == AUTO_FILES
-    assert run.report['verified_by'] == {'crc64nvme': 3}, run.report
+    bucket = _copied_with_defaults(seaweed, tool, tmp_path, {'crc64nvme': 3})
     client = seaweed.client()
     for key, body in AUTO_FILES.items():
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode='ENABLED')
@@ -301,12 +307,7 @@ def test_auto_checksum_keeps_content_md5_where_the_store_does_not_verify(server_
     """rclone serve s3 and moto accept a part under a wrong CRC64NVME: auto sends no checksum there, and
     every object is proven by Content-MD5 and its ETag as before."""
     server = request.getfixturevalue(server_name)
-    src = write_tree(tmp_path / 'src', AUTO_FILES)
-    bucket = server.bucket()
-    run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5))
-    assert run.code == 0, run.stderr
-    assert bucket_contents(server, bucket) == AUTO_FILES
-    assert run.report['verified_by'] == {'etag': 3}, run.report
+    bucket = _copied_with_defaults(server, tool, tmp_path, {'etag': 3})
     client = server.client()
     assert 'ChecksumCRC64NVME' not in client.head_object(Bucket=bucket, Key='multi.bin', ChecksumMode='ENABLED')
     metadata = client.head_object(Bucket=bucket, Key='small.txt')['Metadata']
