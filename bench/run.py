@@ -567,7 +567,12 @@ def main() -> int:
     chart(results, out / f'{args.name}.png')
     print(markdown(results, title))
     print(f'written: {out / args.name}.md / .json')
-    return 0 if all(r.ok or r.note == 'cannot' for r in results) else 1
+    failed = sorted({f'{r.tool} ({r.link} {r.server} {r.dataset})' for r in results
+                     if not r.ok and r.note != 'cannot'})
+    if failed:
+        print('destination did not hold the source bytes after: ' + ', '.join(failed))
+    # The exit code is this tool's: a peer's own failure (aws cp on rclone serve s3's empty files) is in the table.
+    return 0 if all(r.ok or r.note == 'cannot' for r in results if r.tool == 's3_upload') else 1
 
 
 if __name__ == '__main__':
