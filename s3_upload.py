@@ -1756,13 +1756,14 @@ class Destination:
         if trial:
             self.checksum = Checksum('CRC64NVME')
         try:
-            upload_id = self.create_upload(probe, {})
+            upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
         except botocore.exceptions.ClientError as error:
             if not trial:
                 raise self._write_refused(error) from None
-            self.checksum = None         # the store takes no CRC64NVME uploads: Content-MD5 it is
+            logger.info('the destination takes no CRC64NVME uploads (%s): Content-MD5 is sent', describe_error(error))
+            self.checksum = None
             try:
-                upload_id = self.create_upload(probe, {})
+                upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
             except botocore.exceptions.ClientError as again:
                 raise self._write_refused(again) from None
         try:
@@ -1792,14 +1793,32 @@ class Destination:
     def _refuses_wrong_checksum(self, key: str, upload_id: str) -> bool:
         """Whether the store refuses a part whose checksum does not fit its bytes: then a part it accepts
         under our checksum holds our bytes, and no MD5 needs to be computed here."""
-        assert self.checksum is not None
+        import botocore.exceptions
+        checksum = self.checksum
+        assert checksum is not None
+
+        def refused() -> bool:
+            try:
+                self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1,
+                                        Body=b'probe', **{checksum.parameter: b64(checksum.of(b'not the probe'))},
+                                        **self.payer)
+            except botocore.exceptions.ClientError as error:
+                if error_code(error) in ('BadDigest', 'InvalidDigest', 'XAmzContentChecksumMismatch'):
+                    return True
+                raise
+            return False
         try:
-            self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b'probe',
-                                    **{self.checksum.parameter: b64(self.checksum.of(b'not the probe'))},
-                                    **self.payer)
+            return self._retried(f'UploadPart under a wrong {checksum.algorithm} (write check)', refused)
+        except Stopped:
+            raise
         except Exception as error:  # noqa: BLE001 - any other answer: not shown to verify
-            return error_code(error) in ('BadDigest', 'InvalidDigest', 'XAmzContentChecksumMismatch')
-        return False
+            logger.info('the destination answered a part under a wrong %s with %s: taken as not verifying '
+                        'checksums, Content-MD5 is sent', checksum.algorithm, describe_error(error))
+            return False
+
+    def _retried(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """function(*args, **kwargs), again after transient errors when the destination has a retrier."""
+        return self.retry.call(what, function, *args, **kwargs) if self.retry else function(*args, **kwargs)
 
     def object_args(self, info: Info, stamp: Dict[str, str]) -> Dict[str, Any]:
         """Arguments of a new object: the source's metadata and tags, our stamps, the write options."""
@@ -1850,8 +1869,7 @@ class Destination:
             args = {'Bucket': self.bucket, 'Prefix': self.prefix, 'MaxUploads': self.page_size, **self.payer}
             if key_marker:
                 args.update(KeyMarker=key_marker, UploadIdMarker=upload_marker)
-            page = self.retry.call('ListMultipartUploads', self.client.list_multipart_uploads, **args) \
-                if self.retry else self.client.list_multipart_uploads(**args)
+            page = self._retried('ListMultipartUploads', self.client.list_multipart_uploads, **args)
             for item in page.get('Uploads', ()):
                 initiated = item.get('Initiated')
                 index.setdefault(item['Key'], []).append(

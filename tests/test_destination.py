@@ -213,7 +213,7 @@ def test_small_puts_take_the_crt_lane_with_every_header(use_crt, moto, seaweed, 
     assert bucket_contents(seaweed, dst_bucket) == {**LANE_KEYS, 'large.bin': large}
     head = seaweed.client().head_object(Bucket=dst_bucket, Key='ünï/ключ 名.txt')
     assert head['ContentType'] == 'text/x-test' and head['Metadata']['camera'] == 'x100'
-    assert head['Metadata']['s3u-src-etag'] and head['Metadata']['s3u-checksum'] == 'crc64nvme'
+    assert head['Metadata']['s3u-src-etag'] and head['Metadata']['s3u-checksum'] == 'crc64nvme', run.stderr
     tags = seaweed.client().get_object_tagging(Bucket=dst_bucket, Key='dots./x..y/~tilde =.txt')['TagSet']
     assert tags == [{'Key': 'team', 'Value': 'red'}]
     puts = [(target, agent) for method, target, agent in proxy.agents if method == 'PUT']
@@ -300,6 +300,29 @@ def test_auto_checksum_lets_a_store_that_verifies_crc64nvme_check_every_byte(sea
     for key, body in AUTO_FILES.items():
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode='ENABLED')
         assert head['ChecksumCRC64NVME'] == _crc64nvme(body) and head['Metadata']['s3u-checksum'] == 'crc64nvme'
+
+
+@pytest.mark.parametrize('request_name, method, match', [
+    ('CreateMultipartUpload', 'POST', r'write-check\?uploads'),
+    ('UploadPart', 'PUT', r'write-check\?.*partNumber=1'),
+], ids=['create', 'part'])
+def test_auto_checksum_decides_after_transient_errors_in_the_write_check(request_name, method, match, seaweed,
+                                                                         tool, tmp_path):
+    """A write check request that fails for a while (500s beyond botocore's own retries) is sent again:
+    one bad moment at the start does not leave a whole run on Content-MD5 where the store verifies CRCs."""
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    rule = proxy.add('status', method, match, times=4)
+    try:
+        src = write_tree(tmp_path / 'src', AUTO_FILES)
+        bucket = seaweed.bucket()
+        run = tool.run({**dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5), 'DesEndPointURL': proxy.endpoint})
+    finally:
+        proxy.stop()
+    assert rule.hits == 4 and run.code == 0, run.stderr
+    assert [line for line in run.stderr.splitlines() if '(write check) failed' in line and request_name in line]
+    assert bucket_contents(seaweed, bucket) == AUTO_FILES
+    assert run.report['verified_by'] == {'crc64nvme': 3}, run.report
 
 
 @pytest.mark.parametrize('server_name', ['rclone', 'moto'])
