@@ -1713,6 +1713,7 @@ class Destination:
         self.lane: Optional[CrtLane] = getattr(client, 'crt_lane', None)
         self.index: Optional[Dict[str, List[Upload]]] = None    # unfinished uploads by key, when complete
         self.index_lock = threading.Lock()
+        self.probe_key = f'{self.prefix}{self.PROBE}-{os.urandom(6).hex()}'   # this run's own write check
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -1751,7 +1752,7 @@ class Destination:
         """Start and abort a multipart upload: proves s3:PutObject and the write options. With a checksum
         (or auto and probe_checksum), a part sent under a wrong one shows whether the store verifies it."""
         import botocore.exceptions
-        probe = self.prefix + self.PROBE
+        probe = self.probe_key
         trial = self.options.auto_checksum and probe_checksum and self.checksum is None
         if trial:
             self.checksum = Checksum('CRC64NVME')
@@ -1881,9 +1882,11 @@ class Destination:
             if not next_markers[0] or next_markers == (key_marker, upload_marker) or count > self.INDEX_LIMIT:
                 return        # cannot page on (or too many): ask per key instead
             key_marker, upload_marker = next_markers
-        for leftover in index.pop(self.prefix + self.PROBE, ()):     # write checks of runs killed mid-check
-            with contextlib.suppress(Exception):
-                self.abort(leftover.key, leftover.upload_id)
+        index.pop(self.probe_key, None)
+        for key in [key for key in index if key.startswith(self.prefix + self.PROBE)]:
+            for leftover in index.pop(key):         # the write checks of runs killed mid-check
+                with contextlib.suppress(Exception):
+                    self.abort(leftover.key, leftover.upload_id)
         with self.index_lock:
             self.index = index
 

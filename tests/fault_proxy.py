@@ -7,6 +7,7 @@ and a regular expression on the path + query, fire a given number of times, and 
     reset_request   read half the request body, then reset the connection (RST)
     reset_response  forward, then send half of the response and reset the connection
     stall           forward, then wait `seconds` before answering
+    delay           wait `seconds`, then forward (requests sent together reach the server in another order)
     truncate        forward, then announce the full body but send only half of it and close
     status          answer `status` with S3 error `code` (and `message`) without forwarding (500 InternalError...)
     corrupt         flip one byte of the request body before forwarding (the server's Content-MD5 check fails)
@@ -148,6 +149,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         if rule and rule.action == 'corrupt' and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
+        if rule and rule.action == 'delay':
+            time.sleep(rule.seconds)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         upstream = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:

@@ -252,7 +252,8 @@ def test_write_check_of_a_run_killed_mid_check_is_cleaned_up(seaweed, tool, tmp_
     the next run, which found it while loading the upload index alongside its own check."""
     from conftest import unfinished_uploads
     bucket = seaweed.bucket()
-    seaweed.client().create_multipart_upload(Bucket=bucket, Key='in/.s3_upload-write-check')
+    for key in ('in/.s3_upload-write-check', 'in/.s3_upload-write-check-0123456789ab'):   # older, newer names
+        seaweed.client().create_multipart_upload(Bucket=bucket, Key=key)
     src = write_tree(tmp_path / 'src', {'a.txt': b'a'})
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='in'))
     assert run.code == 0, run.stderr
@@ -270,6 +271,25 @@ def test_timestamps_parse_as_botocore_parses_them(text):
     assert parse_timestamp(text) == botocore.utils.parse_timestamp(text)
     with pytest.raises(ValueError):
         parse_timestamp('not a time')
+
+
+def test_the_upload_index_leaves_this_runs_own_write_check_alone(seaweed, tool, tmp_path):
+    """The upload index, loaded alongside the write check, aborts the write checks of killed runs but not
+    the one in flight: when it lists that upload before the probe part is sent (the listing held back
+    here until the upload exists), the part still finds its upload, and SeaweedFS verifies CRCs."""
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    held = proxy.add('stall', 'POST', r'write-check[^/]*\?uploads', seconds=2)
+    late = proxy.add('delay', 'GET', r'\?uploads', seconds=1)     # the listing reaches the store after it
+    try:
+        src = write_tree(tmp_path / 'src', AUTO_FILES)
+        bucket = seaweed.bucket()
+        run = tool.run({**dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5), 'DesEndPointURL': proxy.endpoint})
+    finally:
+        proxy.stop()
+    assert held.hits == 1 and late.hits == 1 and run.code == 0, run.stderr
+    assert 'NoSuchUpload' not in run.stderr
+    assert run.report['verified_by'] == {'crc64nvme': 3}, run.report
 
 
 AUTO_FILES = {'small.txt': b'checked by the store', 'empty': b'', 'multi.bin': random_bytes(12 * MiB + 5, 9)}
@@ -303,8 +323,8 @@ def test_auto_checksum_lets_a_store_that_verifies_crc64nvme_check_every_byte(sea
 
 
 @pytest.mark.parametrize('request_name, method, match', [
-    ('CreateMultipartUpload', 'POST', r'write-check\?uploads'),
-    ('UploadPart', 'PUT', r'write-check\?.*partNumber=1'),
+    ('CreateMultipartUpload', 'POST', r'write-check[^/?]*\?uploads'),
+    ('UploadPart', 'PUT', r'write-check[^/?]*\?.*partNumber=1'),
 ], ids=['create', 'part'])
 def test_auto_checksum_decides_after_transient_errors_in_the_write_check(request_name, method, match, seaweed,
                                                                          tool, tmp_path):
