@@ -1759,7 +1759,8 @@ class Destination:
         try:
             upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
         except botocore.exceptions.ClientError as error:
-            if not trial:
+            code = error_code(error)      # no permission is no answer about checksums
+            if not trial or code in ('AccessDenied', '403') or code in CREDENTIAL_ERROR_CODES:
                 raise self._write_refused(error) from None
             logger.info('the destination takes no CRC64NVME uploads (%s): Content-MD5 is sent', describe_error(error))
             self.checksum = None
