@@ -2769,7 +2769,7 @@ class MultipartCopy:
             self._discard(upload.upload_id, 'no journal entry proves its parts come from this source version '
                                             '(set ifVerifyMD5 = True to check them by re-reading)')
             return None
-        kept = {n: p for n, p in by_number.items() if self._part_matches(p, part_size)}
+        kept = self._proven(parts, part_size)
         if len(kept) < len(by_number):
             logger.info('%s: %d of %d uploaded parts differ from the source and will be sent again',
                         self.key, len(by_number) - len(kept), len(by_number))
@@ -2788,21 +2788,37 @@ class MultipartCopy:
             self._discard(upload_id, 'its part size does not fit the current source')
             return None
         acknowledged, checksums = entry['parts'], entry.get('checksums', {})
+        fitting = [part for part in parts if parts_fit([part], self.obj.size, part_size)]
         kept = {part.number: dataclasses.replace(part, checksum=part.checksum or checksums.get(part.number, ''))
-                for part in parts if acknowledged.get(part.number) == clean_etag(part.etag)
-                and parts_fit([part], self.obj.size, part_size)}
+                for part in fitting if acknowledged.get(part.number) == clean_etag(part.etag)}
+        unanswered = [part for part in fitting if part.number not in kept]
+        if unanswered:      # their last bytes reached the store, its answer never reached us: read them again
+            proven = self._proven(unanswered, part_size)
+            for number, part in proven.items():
+                self.engine.journal.part_done(upload_id, number, part.etag, part.checksum)
+            kept.update(proven)
         if len(kept) < len(parts):
-            logger.info('%s: %d listed part(s) were never acknowledged to us as they are now; sending them again',
-                        self.key, len(parts) - len(kept))
+            logger.info('%s: %d listed part(s) were never acknowledged to us and differ from the source as it '
+                        'is now; sending them again', self.key, len(parts) - len(kept))
         return upload_id, part_size, kept
 
-    def _part_matches(self, part: Part, part_size: int) -> bool:
-        """Re-read one uploaded part from the source and compare its MD5 with the part's ETag."""
+    def _proven(self, parts: List[Part], part_size: int) -> Dict[int, Part]:
+        """The listed parts whose bytes, read again from the source (in parallel), have the MD5 of their ETag;
+        each with our checksum of them, which the final verification needs."""
+        found = self.engine.part_pool.map(lambda part: self._reread(part, part_size), parts)
+        return {part.number: part for part in found if part is not None}
+
+    def _reread(self, part: Part, part_size: int) -> Optional[Part]:
         expected = md5_hex_etag(part.etag)
-        if expected is None:
-            return False
         offset, length = part_range(part.number, self.obj.size, part_size)
-        return md5_of(self._read(part.number, offset, length)) == expected
+        if expected is None or length != part.size:
+            return None
+        with self.engine.memory.hold(length):
+            data = self._read(part.number, offset, length)
+            if md5_of(data) != expected:
+                return None
+            checksum = self.destination.checksum
+            return dataclasses.replace(part, checksum=b64(checksum.of(data)) if checksum else part.checksum)
 
     def _read(self, number: int, offset: int, length: int) -> bytes:
         return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)

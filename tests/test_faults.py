@@ -139,9 +139,12 @@ def test_part_changed_at_the_store_before_completion_is_sent_again(moto, tool, t
     assert unfinished_uploads(moto, bucket) == []
 
 
-def test_part_stored_but_never_acknowledged_is_sent_again(seaweed, proxy, tool, tmp_path):
+@pytest.mark.parametrize('overwritten', [False, True], ids=['as-sent', 'overwritten'])
+def test_part_stored_but_never_acknowledged_is_read_again_and_kept_if_it_matches(overwritten, seaweed, proxy,
+                                                                                 tool, tmp_path):
     """kill -9 while the answer to part 3 is held back: the store lists part 3, but the run never saw it
-    accepted, so the next run keeps parts 1-2 and sends part 3 again."""
+    accepted, so the next run reads that range again: the same bytes (MD5 = its ETag) keep part 3; bytes
+    that differ from it now are sent again."""
     data = random_bytes(20 * MiB, 33)
     src = write_tree(tmp_path / 'src', {'big.bin': data})
     bucket = seaweed.bucket()
@@ -151,10 +154,15 @@ def test_part_stored_but_never_acknowledged_is_sent_again(seaweed, proxy, tool, 
     assert len(wait_for_parts(seaweed, bucket, 'big.bin', 3, timeout=30)) == 3
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if overwritten:     # part 3's range changes in place, size and mtime kept: the journal cannot tell
+        path, stat = src / 'big.bin', (src / 'big.bin').stat()
+        data = data[:11 * MiB] + bytes(MiB) + data[12 * MiB:]
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1))
     assert run.code == 0, run.stderr
-    assert '1 listed part(s) were never acknowledged' in run.stderr
-    assert (run.report['parts_resumed'], run.report['parts_uploaded']) == (2, 2)
+    assert ('1 listed part(s) were never acknowledged to us and differ' in run.stderr) == overwritten
+    assert (run.report['parts_resumed'], run.report['parts_uploaded']) == ((2, 2) if overwritten else (3, 1))
     assert bucket_contents(seaweed, bucket) == {'big.bin': data}
     assert unfinished_uploads(seaweed, bucket) == []
 
