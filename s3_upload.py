@@ -2797,9 +2797,10 @@ class MultipartCopy:
             for number, part in proven.items():
                 self.engine.journal.part_done(upload_id, number, part.etag, part.checksum)
             kept.update(proven)
-        if len(kept) < len(parts):
+        listed = {part.number for part in parts}        # SeaweedFS lists a part sent twice twice
+        if len(kept) < len(listed):
             logger.info('%s: %d listed part(s) were never acknowledged to us and differ from the source as it '
-                        'is now; sending them again', self.key, len(parts) - len(kept))
+                        'is now; sending them again', self.key, len(listed) - len(kept))
         return upload_id, part_size, kept
 
     def _proven(self, parts: List[Part], part_size: int) -> Dict[int, Part]:
