@@ -52,6 +52,7 @@ __license__ = 'MIT-0'
 
 import argparse
 import base64
+import collections
 import configparser
 import contextlib
 import dataclasses
@@ -210,6 +211,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
     Option('Advanced', 'MaxParallelFile', '64', _int_range(1, 256), 'files in flight'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
+    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 64 MiB and doubles while that raises throughput, up to MemoryLimit (halved on errors); fixed: MemoryLimit from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -880,6 +882,7 @@ class Retrier:
         self.stop = stop
         self.base = base
         self.cap = cap
+        self.retries = 0          # requests run again so far (the in-flight window backs off on them)
 
     def call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         attempt = 0
@@ -890,6 +893,7 @@ class Retrier:
                 if not is_retryable(error) or attempt >= self.max_retry:
                     raise
                 attempt += 1
+                self.retries += 1
                 delay = random.uniform(0, min(self.cap, self.base * 2 ** attempt))
                 logger.warning('%s failed (%s); retry %d of %d in %.1fs', what, describe_error(error),
                                attempt, self.max_retry, delay)
@@ -2393,29 +2397,111 @@ class RateLimiter:
 
 
 class MemoryBudget:
-    """File data held in memory at once (parts and small files in flight) stays under MemoryLimit."""
+    """File data held in memory at once (parts and small files in flight) stays under a limit, which
+    an InFlightWindow may move. Waiters get room in the order they asked, each woken alone (a hundred
+    threads woken at every release would burn the CPU the transfer needs); `waited` tells whether
+    anyone had to wait since it was cleared."""
 
     def __init__(self, limit: int, stop: threading.Event) -> None:
         self.limit = limit
         self.stop = stop
         self.used = 0
-        self.condition = threading.Condition()
+        self.waited = False
+        self.lock = threading.Lock()
+        self.queue: collections.deque = collections.deque()     # [nbytes, granted Event] in arrival order
 
     @contextlib.contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
-        nbytes = min(nbytes, self.limit)      # one part larger than the limit still goes, alone
-        with self.condition:
-            while self.used and self.used + nbytes > self.limit:
+        with self.lock:
+            nbytes = min(nbytes, self.limit)      # one part larger than the limit still goes, alone
+            if not self.queue and self._fits(nbytes):
+                self.used += nbytes
+                granted = None
+            else:
+                self.waited = True
+                granted = threading.Event()
+                waiter = [nbytes, granted]
+                self.queue.append(waiter)
+        if granted is not None:
+            while not granted.wait(0.2):
                 if self.stop.is_set():
-                    raise Stopped()
-                self.condition.wait(0.2)
-            self.used += nbytes
+                    with self.lock:
+                        if not granted.is_set():
+                            self.queue.remove(waiter)
+                            self._grant()
+                            raise Stopped()
+            nbytes = waiter[0]                    # the room granted (less if the limit shrank meanwhile)
         try:
             yield
         finally:
-            with self.condition:
+            with self.lock:
                 self.used -= nbytes
-                self.condition.notify_all()
+                self._grant()
+
+    def resize(self, limit: int) -> None:
+        with self.lock:
+            self.limit = limit
+            self._grant()
+
+    def _fits(self, nbytes: int) -> bool:
+        return not self.used or self.used + nbytes <= self.limit
+
+    def _grant(self) -> None:
+        """Give room to waiters from the front of the queue while it lasts (called under the lock)."""
+        while self.queue and self._fits(min(self.queue[0][0], self.limit)):
+            waiter = self.queue.popleft()
+            waiter[0] = min(waiter[0], self.limit)
+            self.used += waiter[0]
+            waiter[1].set()
+
+
+class InFlightWindow:
+    """Concurrency = auto: the bytes in flight start at START and double while a doubling pays (the
+    next measured second moves GAIN times more, like TCP slow start), up to MemoryLimit. A step that
+    does not pay is taken back and the window rests, to try again after REST seconds; transient errors
+    halve it. On a store that shares the machine's cores fewer bytes in flight are faster; a long fat
+    link needs many: the window finds which. Only seconds in which the window held data back count."""
+
+    START = 64 * MiB
+    GAIN = 1.25
+    REST = 30.0
+
+    def __init__(self, memory: MemoryBudget, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.memory = memory
+        self.ceiling = ceiling
+        self.floor = min(self.START, ceiling)
+        self.clock = clock
+        self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
+        self.fresh = True                            # the window just changed: the next second is skipped
+        self.resting_until = 0.0
+        memory.resize(self.floor)
+
+    def tick(self, rate: float, errors: bool) -> None:
+        """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
+        size, limited = self.memory.limit, self.memory.waited
+        self.memory.waited = False
+        if errors and size > self.floor:
+            self._set(max(self.floor, size // 2), rest=True)
+            logger.debug('in flight: transient errors, window halved to %s', human_bytes(self.memory.limit))
+        elif self.fresh:
+            self.fresh = False
+        elif not limited or size >= self.ceiling or self.clock() < self.resting_until:
+            pass
+        elif self.rate_before is not None and rate < self.GAIN * self.rate_before:
+            logger.debug('in flight: %s did not pay (%.0f against %.0f MB/s): back to %s', human_bytes(size),
+                         rate / 1e6, self.rate_before / 1e6, human_bytes(max(self.floor, size // 2)))
+            self._set(max(self.floor, size // 2), rest=True)
+        else:
+            self.rate_before = rate
+            self._set(min(self.ceiling, size * 2), rest=False)
+            logger.debug('in flight: window grows to %s (%.0f MB/s)', human_bytes(self.memory.limit), rate / 1e6)
+
+    def _set(self, size: int, rest: bool) -> None:
+        self.memory.resize(size)
+        self.fresh = True
+        if rest:
+            self.rate_before = None
+            self.resting_until = self.clock() + self.REST
 
 
 class Switch:
@@ -2964,6 +3050,7 @@ class Engine:
                                        'sending Content-MD5 too')
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
+        self.window = InFlightWindow(self.memory, config.MemoryLimit * MiB) if config.Concurrency == 'auto' else None
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
     def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
@@ -2985,6 +3072,9 @@ class Engine:
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
         backlog = threading.BoundedSemaphore(self.config.MaxParallelFile * 2)
+        finished = threading.Event()
+        if self.window:
+            threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
         try:
             for task in self.tasks():
                 if not self._count(task):
@@ -3005,7 +3095,17 @@ class Engine:
         finally:
             files.shutdown(wait=True)
             self.part_pool.shutdown(wait=True)
+            finished.set()
         return self.progress
+
+    def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
+        """Once a second, tell the in-flight window how many bytes moved and whether requests failed."""
+        moved, retries, then = 0, 0, time.monotonic()
+        while not finished.wait(1.0):
+            now = time.monotonic()
+            moved_now = self.progress.bytes_transferred + self.progress.bytes_copied_server_side
+            window.tick((moved_now - moved) / (now - then), self.retrier.retries > retries)
+            moved, retries, then = moved_now, self.retrier.retries, now
 
     def dry_run(self, out: Any) -> Progress:
         """Print what a run would send, skip, leave out or fail; change nothing."""

@@ -323,3 +323,97 @@ def test_a_file_of_exactly_the_threshold_goes_in_one_put(seaweed, tool, tmp_path
     assert '-' not in client.head_object(Bucket=bucket, Key='at.bin')['ETag']
     assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-2')
     assert run.report['parts_uploaded'] == 1 + 2
+
+
+# The in-flight window (Concurrency = auto) and the memory budget it moves ###
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def window_of(limit_mib: int = 512):
+    import threading
+    from s3_upload import InFlightWindow, MemoryBudget
+    memory = MemoryBudget(limit_mib * MiB, threading.Event())
+    clock = Clock()
+    return InFlightWindow(memory, limit_mib * MiB, clock), memory, clock
+
+
+def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: bool = False) -> int:
+    """One measured second; returns the window (MiB) after it."""
+    clock.now += 1
+    memory.waited = limited
+    window.tick(rate_mb * 1e6, errors)
+    return memory.limit // MiB
+
+
+def test_window_doubles_while_throughput_rises_like_slow_start():
+    window, memory, clock = window_of()
+    assert memory.limit == 64 * MiB
+    seen = [second(window, memory, clock, rate) for rate in (10, 10, 20, 20, 40, 40, 80)]
+    # a second after each change is skipped; every doubling that paid is followed by the next one
+    assert seen == [64, 128, 128, 256, 256, 512, 512]
+
+
+def test_window_steps_back_when_a_doubling_does_not_pay_and_tries_again_after_a_rest():
+    window, memory, clock = window_of()
+    assert [second(window, memory, clock, rate) for rate in (70, 70, 70, 75)] == [64, 128, 128, 64]
+    assert [second(window, memory, clock, 70) for _ in range(10)] == [64] * 10      # resting
+    clock.now += window.REST
+    assert second(window, memory, clock, 70) == 128                                  # probes again
+
+
+def test_window_grows_only_when_it_held_data_back_and_halves_on_errors():
+    window, memory, clock = window_of()
+    assert [second(window, memory, clock, rate, limited=False) for rate in (10, 20, 40, 80)] == [64] * 4
+    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [128, 128, 256, 256]
+    assert second(window, memory, clock, 20, errors=True) == 128
+    assert second(window, memory, clock, 20, errors=True) == 64
+    assert second(window, memory, clock, 20, errors=True) == 64                       # never below the start
+
+
+def test_window_never_exceeds_memory_limit():
+    window, memory, clock = window_of(100)
+    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [64, 100, 100, 100]
+
+
+def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
+    import threading
+    import time
+    from s3_upload import MemoryBudget, Stopped
+    stop = threading.Event()
+    memory = MemoryBudget(10, stop)
+    order = []
+
+    def take(name: str, nbytes: int) -> None:
+        with memory.hold(nbytes):
+            order.append(name)
+            time.sleep(0.05)
+
+    with memory.hold(8):
+        big = threading.Thread(target=take, args=('big', 6))
+        big.start()
+        time.sleep(0.1)
+        small = threading.Thread(target=take, args=('small', 2))      # would fit now, but big asked first
+        small.start()
+        time.sleep(0.1)
+        assert order == [] and memory.waited
+    big.join(), small.join()
+    assert order == ['big', 'small'] and memory.used == 0
+
+    memory.resize(4)
+    with memory.hold(4):
+        assert memory.used == 4
+        memory.resize(8)
+        with memory.hold(4):                      # room made by the larger limit
+            assert memory.used == 8
+    stop.set()
+    with memory.hold(8):
+        with pytest.raises(Stopped):
+            with memory.hold(1):
+                pass
+    assert memory.used == 0
