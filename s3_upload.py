@@ -211,7 +211,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
     Option('Advanced', 'MaxParallelFile', '64', _int_range(1, 256), 'files in flight'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
-    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 64 MiB and doubles while that raises throughput, up to MemoryLimit (halved on errors); fixed: MemoryLimit from the start'),
+    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB and doubles while that raises throughput, up to MemoryLimit (halved on errors); fixed: MemoryLimit from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -1670,6 +1670,18 @@ class WriteOptions:
         return args
 
 
+class Meter:
+    """Bytes handed to the network so far, counted as they go (the in-flight window's measure)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self.lock:
+            self.total += nbytes
+
+
 class Payload:
     """A request body handed to the socket in 256 KiB slices, without copying the data. urllib3 sends
     a body under the connect timeout, and one sendall() of a whole part (what a bytes body gets) must
@@ -1678,9 +1690,10 @@ class Payload:
 
     SLICE = 256 * 1024
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, meter: Meter) -> None:
         self.view = memoryview(data)
         self.position = 0
+        self.meter = meter
 
     def __len__(self) -> int:
         return len(self.view)
@@ -1689,6 +1702,7 @@ class Payload:
         end = len(self.view) if amount is None or amount < 0 else self.position + max(amount, self.SLICE)
         chunk = self.view[self.position:end]
         self.position += len(chunk)
+        self.meter.add(len(chunk))
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -1718,6 +1732,7 @@ class Destination:
         self.index: Optional[Dict[str, List[Upload]]] = None    # unfinished uploads by key, when complete
         self.index_lock = threading.Lock()
         self.probe_key = f'{self.prefix}{self.PROBE}-{os.urandom(6).hex()}'   # this run's own write check
+        self.meter = Meter()
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -1937,8 +1952,10 @@ class Destination:
         response = None
         if self.lane and len(data) <= self.lane.MAX_BODY:
             response = self.lane.put(self.bucket, key, data, params)
+            if response is not None:
+                self.meter.add(len(data))
         if response is None:
-            response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data), **params)
+            response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data, self.meter), **params)
         return _etag_of(response, 'PutObject'), self._echo(response)
 
     def create_upload(self, key: str, args: Dict[str, Any]) -> str:
@@ -1953,7 +1970,7 @@ class Destination:
                     checksum: Optional[bytes]) -> Tuple[str, str]:
         """UploadPart, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
         response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=Payload(data), **({'ContentMD5': b64(md5)} if md5 else {}),
+                                           Body=Payload(data, self.meter), **({'ContentMD5': b64(md5)} if md5 else {}),
                                            **self.payer, **self._checksum_arg(checksum))
         return _etag_of(response, 'UploadPart'), self._echo(response)
 
@@ -2399,8 +2416,9 @@ class RateLimiter:
 class MemoryBudget:
     """File data held in memory at once (parts and small files in flight) stays under a limit, which
     an InFlightWindow may move. Waiters get room in the order they asked, each woken alone (a hundred
-    threads woken at every release would burn the CPU the transfer needs); `waited` tells whether
-    anyone had to wait since it was cleared."""
+    threads woken at every release would burn the CPU the transfer needs), except that a small one
+    (up to a sixteenth of the limit) may pass larger ones that do not fit yet: small files go on
+    beside big parts instead of queueing behind them. `waited`: anyone had to wait since it was cleared."""
 
     def __init__(self, limit: int, stop: threading.Event) -> None:
         self.limit = limit
@@ -2414,7 +2432,7 @@ class MemoryBudget:
     def hold(self, nbytes: int) -> Iterator[None]:
         with self.lock:
             nbytes = min(nbytes, self.limit)      # one part larger than the limit still goes, alone
-            if not self.queue and self._fits(nbytes):
+            if (not self.queue or self._small(nbytes)) and self._fits(nbytes):
                 self.used += nbytes
                 granted = None
             else:
@@ -2446,35 +2464,44 @@ class MemoryBudget:
     def _fits(self, nbytes: int) -> bool:
         return not self.used or self.used + nbytes <= self.limit
 
+    def _small(self, nbytes: int) -> bool:
+        return nbytes <= self.limit // 16
+
     def _grant(self) -> None:
-        """Give room to waiters from the front of the queue while it lasts (called under the lock)."""
-        while self.queue and self._fits(min(self.queue[0][0], self.limit)):
-            waiter = self.queue.popleft()
-            waiter[0] = min(waiter[0], self.limit)
-            self.used += waiter[0]
-            waiter[1].set()
+        """Give room to waiters in order while it lasts, and to small ones behind a waiter that does not
+        fit (called under the lock)."""
+        blocked = False
+        for waiter in list(self.queue):
+            nbytes = min(waiter[0], self.limit)
+            if (not blocked or self._small(nbytes)) and self._fits(nbytes):
+                self.queue.remove(waiter)
+                waiter[0] = nbytes
+                self.used += nbytes
+                waiter[1].set()
+            else:
+                blocked = True
 
 
 class InFlightWindow:
     """Concurrency = auto: the bytes in flight start at START and double while a doubling pays (the
-    next measured second moves GAIN times more, like TCP slow start), up to MemoryLimit. A step that
+    next measured second sends GAIN times more, like TCP slow start), up to MemoryLimit. A step that
     does not pay is taken back and the window rests, to try again after REST seconds; transient errors
-    halve it. On a store that shares the machine's cores fewer bytes in flight are faster; a long fat
-    link needs many: the window finds which. Only seconds in which the window held data back count."""
+    halve it (down to a quarter of START). A store sharing this machine's cores is faster with fewer
+    bytes in flight, a long fat link needs many. Only seconds in which the window held data back count."""
 
-    START = 64 * MiB
-    GAIN = 1.25
+    START = 256 * MiB
+    GAIN = 1.15
     REST = 30.0
 
     def __init__(self, memory: MemoryBudget, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.memory = memory
         self.ceiling = ceiling
-        self.floor = min(self.START, ceiling)
+        self.floor = min(self.START, ceiling) // 4     # the least that errors can bring it down to
         self.clock = clock
         self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
         self.fresh = True                            # the window just changed: the next second is skipped
         self.resting_until = 0.0
-        memory.resize(self.floor)
+        memory.resize(min(self.START, ceiling))
 
     def tick(self, rate: float, errors: bool) -> None:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
@@ -3099,11 +3126,11 @@ class Engine:
         return self.progress
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
-        """Once a second, tell the in-flight window how many bytes moved and whether requests failed."""
+        """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
         moved, retries, then = 0, 0, time.monotonic()
         while not finished.wait(1.0):
             now = time.monotonic()
-            moved_now = self.progress.bytes_transferred + self.progress.bytes_copied_server_side
+            moved_now = self.destination.meter.total
             window.tick((moved_now - moved) / (now - then), self.retrier.retries > retries)
             moved, retries, then = moved_now, self.retrier.retries, now
 

@@ -335,50 +335,55 @@ class Clock:
         return self.now
 
 
-def window_of(limit_mib: int = 512):
+def window_of(limit: int):
+    """A window over a real memory budget of `limit` bytes, on a clock the test moves."""
     import threading
     from s3_upload import InFlightWindow, MemoryBudget
-    memory = MemoryBudget(limit_mib * MiB, threading.Event())
+    memory = MemoryBudget(limit, threading.Event())
     clock = Clock()
-    return InFlightWindow(memory, limit_mib * MiB, clock), memory, clock
+    return InFlightWindow(memory, limit, clock), memory, clock
 
 
 def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: bool = False) -> int:
-    """One measured second; returns the window (MiB) after it."""
+    """One measured second; returns the window after it, in multiples of its start."""
     clock.now += 1
     memory.waited = limited
     window.tick(rate_mb * 1e6, errors)
-    return memory.limit // MiB
+    return memory.limit / window.START
 
 
 def test_window_doubles_while_throughput_rises_like_slow_start():
-    window, memory, clock = window_of()
-    assert memory.limit == 64 * MiB
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(8 * InFlightWindow.START)
+    assert memory.limit == window.START
     seen = [second(window, memory, clock, rate) for rate in (10, 10, 20, 20, 40, 40, 80)]
     # a second after each change is skipped; every doubling that paid is followed by the next one
-    assert seen == [64, 128, 128, 256, 256, 512, 512]
+    assert seen == [1, 2, 2, 4, 4, 8, 8]
 
 
 def test_window_steps_back_when_a_doubling_does_not_pay_and_tries_again_after_a_rest():
-    window, memory, clock = window_of()
-    assert [second(window, memory, clock, rate) for rate in (70, 70, 70, 75)] == [64, 128, 128, 64]
-    assert [second(window, memory, clock, 70) for _ in range(10)] == [64] * 10      # resting
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(8 * InFlightWindow.START)
+    assert [second(window, memory, clock, rate) for rate in (70, 70, 70, 75)] == [1, 2, 2, 1]
+    assert [second(window, memory, clock, 70) for _ in range(10)] == [1] * 10       # resting
     clock.now += window.REST
-    assert second(window, memory, clock, 70) == 128                                  # probes again
+    assert second(window, memory, clock, 70) == 2                                    # probes again
 
 
 def test_window_grows_only_when_it_held_data_back_and_halves_on_errors():
-    window, memory, clock = window_of()
-    assert [second(window, memory, clock, rate, limited=False) for rate in (10, 20, 40, 80)] == [64] * 4
-    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [128, 128, 256, 256]
-    assert second(window, memory, clock, 20, errors=True) == 128
-    assert second(window, memory, clock, 20, errors=True) == 64
-    assert second(window, memory, clock, 20, errors=True) == 64                       # never below the start
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(8 * InFlightWindow.START)
+    assert [second(window, memory, clock, rate, limited=False) for rate in (10, 20, 40, 80)] == [1] * 4
+    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [2, 2, 4, 4]
+    assert [second(window, memory, clock, 20, errors=True) for _ in range(5)] == [2, 1, 0.5, 0.25, 0.25]
 
 
 def test_window_never_exceeds_memory_limit():
-    window, memory, clock = window_of(100)
-    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [64, 100, 100, 100]
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(InFlightWindow.START * 3 // 2)
+    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [1, 1.5, 1.5, 1.5]
+    small, memory, clock = window_of(16 * MiB)          # MemoryLimit below the start: the limit throughout
+    assert memory.limit == 16 * MiB
 
 
 def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
@@ -398,12 +403,25 @@ def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
         big = threading.Thread(target=take, args=('big', 6))
         big.start()
         time.sleep(0.1)
-        small = threading.Thread(target=take, args=('small', 2))      # would fit now, but big asked first
+        small = threading.Thread(target=take, args=('small', 5))      # queued behind big
         small.start()
         time.sleep(0.1)
         assert order == [] and memory.waited
     big.join(), small.join()
     assert order == ['big', 'small'] and memory.used == 0
+
+    memory.resize(160)                            # small (up to a sixteenth of the limit): passes a big waiter
+    order.clear()
+    with memory.hold(150):
+        big = threading.Thread(target=take, args=('big', 20))
+        big.start()
+        time.sleep(0.1)
+        small = threading.Thread(target=take, args=('small', 10))
+        small.start()
+        small.join(timeout=5)
+        assert order == ['small']
+    big.join()
+    assert order == ['small', 'big'] and memory.used == 0
 
     memory.resize(4)
     with memory.hold(4):
