@@ -2472,6 +2472,8 @@ class MemoryBudget:
         fit (called under the lock)."""
         blocked = False
         for waiter in list(self.queue):
+            if self.used >= self.limit:
+                return                            # full: nobody behind fits either
             nbytes = min(waiter[0], self.limit)
             if (not blocked or self._small(nbytes)) and self._fits(nbytes):
                 self.queue.remove(waiter)
@@ -2507,17 +2509,18 @@ class InFlightWindow:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
         size, limited = self.memory.limit, self.memory.waited
         self.memory.waited = False
+        halved = max(self.floor, size // 2)
         if errors and size > self.floor:
-            self._set(max(self.floor, size // 2), rest=True)
-            logger.debug('in flight: transient errors, window halved to %s', human_bytes(self.memory.limit))
+            self._set(halved, rest=True)
+            logger.debug('in flight: transient errors, window halved to %s', human_bytes(halved))
         elif self.fresh:
             self.fresh = False
         elif not limited or size >= self.ceiling or self.clock() < self.resting_until:
             pass
         elif self.rate_before is not None and rate < self.GAIN * self.rate_before:
             logger.debug('in flight: %s did not pay (%.0f against %.0f MB/s): back to %s', human_bytes(size),
-                         rate / 1e6, self.rate_before / 1e6, human_bytes(max(self.floor, size // 2)))
-            self._set(max(self.floor, size // 2), rest=True)
+                         rate / 1e6, self.rate_before / 1e6, human_bytes(halved))
+            self._set(halved, rest=True)
         else:
             self.rate_before = rate
             self._set(min(self.ceiling, size * 2), rest=False)
