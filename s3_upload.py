@@ -75,7 +75,7 @@ import stat
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 logger = logging.getLogger('s3_upload')
@@ -845,12 +845,14 @@ def client_for(config: Config, side: str, pool_size: int, credentials: Any = Non
                        credentials, lane=config.UseCRT == 'auto', loader=loader)
 
 
-def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None) -> None:
-    """Prove endpoint, credentials and bucket work by listing one key; raise ConfigError if not."""
+def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None,
+                 page_size: int = 1) -> Dict[str, Any]:
+    """Prove endpoint, credentials and bucket work by listing a page of keys (one by default), which it
+    returns; raise ConfigError if not."""
     import botocore.exceptions
     endpoint = client.meta.endpoint_url
     try:
-        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1, **(extra or {}))
+        return client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=page_size, **(extra or {}))
     except botocore.exceptions.SSLError as error:
         raise ConfigError(f'TLS error talking to the {role} endpoint {endpoint}: {describe_error(error)}: '
                           'check the URL and certificates') from None
@@ -901,10 +903,27 @@ class Retrier:
                     raise Stopped() from None
 
 
+def in_background(function: Callable[..., Any], *args: Any) -> Future:
+    """function(*args) in a daemon thread, as a Future: a caller that gives up on it does not wait for it
+    (or keep the process alive), as a ThreadPoolExecutor would."""
+    future: Future = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # noqa: BLE001 - handed to whoever asks the future
+            future.set_exception(error)
+    threading.Thread(target=run, name=getattr(function, '__name__', 'background'), daemon=True).start()
+    return future
+
+
 def list_objects(client: Any, bucket: str, prefix: str, page_size: int, retry: Optional[Retrier] = None,
-                 extra: Optional[Dict[str, str]] = None, folders: bool = False) -> Iterator[Dict[str, Any]]:
+                 extra: Optional[Dict[str, str]] = None, folders: bool = False,
+                 first_page: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
     """Every object below prefix, page by page (each page retried on transient errors), in key order;
-    folders=True: only the objects directly in prefix, then {'Prefix': ...} for each folder in it."""
+    folders=True: only the objects directly in prefix, then {'Prefix': ...} for each folder in it;
+    first_page: the answer to the first request, already at hand (check_bucket's)."""
     call = retry.call if retry else (lambda _what, function, **kwargs: function(**kwargs))
     token, seen = '', set()
     while True:
@@ -913,7 +932,7 @@ def list_objects(client: Any, bucket: str, prefix: str, page_size: int, retry: O
             args['Delimiter'] = '/'
         if token:
             args['ContinuationToken'] = token
-        page = call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args)
+        page, first_page = first_page or call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args), None
         yield from page.get('Contents', ())
         yield from page.get('CommonPrefixes', ())
         token = page.get('NextContinuationToken') or ''
@@ -1732,6 +1751,8 @@ class Destination:
         self.index: Optional[Dict[str, List[Upload]]] = None    # unfinished uploads by key, when complete
         self.index_lock = threading.Lock()
         self.probe_key = f'{self.prefix}{self.PROBE}-{os.urandom(6).hex()}'   # this run's own write check
+        self.first_page: Optional[Dict[str, Any]] = None     # the check's listing, until objects() uses it
+        self.probe_abort: Optional[Future] = None
         self.meter = Meter()
 
     def describe(self) -> str:
@@ -1744,21 +1765,18 @@ class Destination:
     def key_for(self, relative_key: str) -> str:
         return self.prefix + relative_key
 
-    def check(self, write: bool = True, index: bool = False, probe_checksum: bool = True) -> None:
-        """Listing (and, unless write=False, writing) works; the write check leaves nothing behind.
-        index=True also loads the upload index, alongside the write check (round trips count on long links);
-        probe_checksum=False keeps ChecksumAlgorithm = auto from choosing a checksum (server-side copies)."""
-        check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer)
-        with ThreadPoolExecutor(1, 'check') as beside:
-            loading = beside.submit(self.load_upload_index) if index else None
-            if write:
-                self._write_check(probe_checksum)
-            if loading and loading.exception():
-                self._load_index_after(loading.exception())
+    def check_listing(self, index: bool = False) -> None:
+        """Endpoint, credentials and bucket work (a listing, its first page kept for objects()); index=True
+        also loads the upload index, side by side (round trips count on long links; that try is not retried:
+        its errors would come before the listing's plainer ones). Reads only."""
+        loading = in_background(self.load_upload_index, False) if index else None
+        self.first_page = check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer,
+                                       self.page_size)
+        if loading and loading.exception():
+            self._load_index_after(loading.exception())
 
     def _load_index_after(self, error: BaseException) -> None:
-        """Load the upload index again, alone (rclone cannot list uploads while one is aborted); without
-        it every multipart file lists its own key's uploads."""
+        """Load the upload index again, once; without it every multipart file lists its own key's uploads."""
         try:
             self.load_upload_index()
         except Exception as again:  # noqa: BLE001 - an optimisation only
@@ -1767,9 +1785,11 @@ class Destination:
 
     PROBE = '.s3_upload-write-check'
 
-    def _write_check(self, probe_checksum: bool = True) -> None:
-        """Start and abort a multipart upload: proves s3:PutObject and the write options. With a checksum
-        (or auto and probe_checksum), a part sent under a wrong one shows whether the store verifies it."""
+    def check_write(self, probe_checksum: bool = True) -> None:
+        """Start and abort a multipart upload (the abort goes on beside the transfer, see finish_check()): proves
+        s3:PutObject and the write options. With a checksum (or auto and probe_checksum), a part sent under
+        a wrong one shows whether the store verifies it. Only after check_listing: some stores create a
+        missing bucket on a write."""
         import botocore.exceptions
         probe = self.probe_key
         trial = self.options.auto_checksum and probe_checksum and self.checksum is None
@@ -1793,12 +1813,20 @@ class Destination:
                 if trial and not self.checksum_verified:
                     self.checksum = None
         finally:
-            try:
-                self.abort(probe, upload_id)
-            except botocore.exceptions.ClientError as error:
-                logger.warning('could not abort the write check upload of %s: %s', probe, describe_error(error))
+            self.probe_abort = in_background(self._abort_probe, probe, upload_id)
         logger.debug('destination checksum: %s (the store verifies it: %s)',
                      self.checksum and self.checksum.algorithm, self.checksum_verified)
+
+    def _abort_probe(self, key: str, upload_id: str) -> None:
+        try:
+            self.abort(key, upload_id)
+        except Exception as error:  # noqa: BLE001 - the next run's check removes it
+            logger.warning('could not abort the write check upload of %s: %s', key, describe_error(error))
+
+    def finish_check(self) -> None:
+        """Wait for the write check's upload to be aborted (it goes on beside the transfer)."""
+        if self.probe_abort:
+            self.probe_abort.result()
 
     def _write_refused(self, error: BaseException) -> ConfigError:
         code = error_code(error)
@@ -1852,7 +1880,9 @@ class Destination:
 
     def objects(self) -> Iterator[Tuple[str, int, str]]:
         """(relative key, size, etag) of every object below the prefix, in key order."""
-        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, self.payer):
+        first_page, self.first_page = self.first_page, None
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, self.payer,
+                                 first_page=first_page):
             yield item['Key'][len(self.prefix):], item['Size'], item.get('ETag', '')
 
     def uploads(self, prefix: str) -> Iterator[Upload]:
@@ -1864,7 +1894,7 @@ class Destination:
                 args['KeyMarker'] = key_marker
                 if upload_marker:
                     args['UploadIdMarker'] = upload_marker
-            page = self.client.list_multipart_uploads(**args)
+            page = self._uploads_page(args, retried=False)
             for item in page.get('Uploads', ()):
                 initiated = item.get('Initiated')
                 yield Upload(item['Key'], item['UploadId'], initiated.timestamp() if initiated else 0.0)
@@ -1880,9 +1910,21 @@ class Destination:
 
     INDEX_LIMIT = 100_000
 
-    def load_upload_index(self) -> None:
+    def _uploads_page(self, args: Dict[str, Any], retried: bool) -> Dict[str, Any]:
+        """One ListMultipartUploads answer; rclone serve s3 answers NoSuchUpload where none was ever started."""
+        try:
+            if retried:
+                return self._retried('ListMultipartUploads', self.client.list_multipart_uploads, **args)
+            return self.client.list_multipart_uploads(**args)
+        except Exception as error:  # noqa: BLE001 - sorted by code
+            if error_code(error) == 'NoSuchUpload':
+                return {}
+            raise
+
+    def load_upload_index(self, retried: bool = True) -> None:
         """List every unfinished upload below the prefix once, so each file needs no listing of its own
-        (one request per run instead of one per multipart file; per-key listings if paging is broken)."""
+        (one request per run instead of one per multipart file; per-key listings if paging is broken);
+        retried=False: transient errors are not retried (nor logged) but raised."""
         index: Dict[str, List[Upload]] = {}
         count = 0
         key_marker, upload_marker = '', ''
@@ -1890,7 +1932,7 @@ class Destination:
             args = {'Bucket': self.bucket, 'Prefix': self.prefix, 'MaxUploads': self.page_size, **self.payer}
             if key_marker:
                 args.update(KeyMarker=key_marker, UploadIdMarker=upload_marker)
-            page = self._retried('ListMultipartUploads', self.client.list_multipart_uploads, **args)
+            page = self._uploads_page(args, retried)
             for item in page.get('Uploads', ()):
                 initiated = item.get('Initiated')
                 index.setdefault(item['Key'], []).append(
@@ -3481,8 +3523,11 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
         server_side = server_side_possible(config, src_client, des_client)
     else:
         source = OssSource.from_config(config, retrier)
-    source.check()
-    destination.check(write=write_check, index=write_check, probe_checksum=not server_side)
+    listing = in_background(destination.check_listing, write_check)     # both ends at once: they only read
+    source.check()                  # a source error is reported first, without waiting for the destination
+    listing.result()
+    if write_check:
+        destination.check_write(probe_checksum=not server_side)
     return source, destination, server_side
 
 
@@ -3492,6 +3537,7 @@ def offer_clean(config: Config, destination: Destination, source: Any) -> None:
         return
     single = getattr(source, 'single', '')
     prefix = destination.key_for(single) if single else destination.prefix
+    destination.finish_check()
     uploads = [u for u in destination.uploads(prefix) if not single or u.key == prefix]
     if not uploads:
         return
@@ -3510,25 +3556,28 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
     filters = Filters.from_config(config, rules)
     source, destination, server_side = open_job(config, retrier, write_check=not dry_run)
-    if ask and not dry_run:
-        offer_clean(config, destination, source)
-    os.makedirs(config.LogDir, exist_ok=True)
-    journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
-    engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
-    logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
-                config.JobType, source.describe(), destination.describe(), config.ChunkSize,
-                config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
-    gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
     try:
-        if dry_run:
-            engine.dry_run(sys.stdout)
-        elif show_progress:
-            with ProgressDisplay(engine.progress):
+        if ask and not dry_run:
+            offer_clean(config, destination, source)
+        os.makedirs(config.LogDir, exist_ok=True)
+        journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
+        engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
+        logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
+                    config.JobType, source.describe(), destination.describe(), config.ChunkSize,
+                    config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
+        gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
+        try:
+            if dry_run:
+                engine.dry_run(sys.stdout)
+            elif show_progress:
+                with ProgressDisplay(engine.progress):
+                    engine.run()
+            else:
                 engine.run()
-        else:
-            engine.run()
+        finally:
+            gc.unfreeze()
     finally:
-        gc.unfreeze()
+        destination.finish_check()
     return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
                                 destination.describe(), dry_run)
 

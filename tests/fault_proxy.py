@@ -15,7 +15,8 @@ and a regular expression on the path + query, fire a given number of times, and 
     headers         forward, then answer with the response headers in `headers` replaced (None: left out)
 
 `upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
-`agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it.
+`agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it, and
+`arrivals` the time.monotonic() at which each of them arrived.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class FaultProxy:
         self.upload_bytes = 0
         self.log: List[tuple] = []
         self.agents: List[tuple] = []
+        self.arrivals: List[float] = []
         proxy = self
 
         class Handler(ProxyHandler):
@@ -124,7 +126,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         method, target = self.command, self.path
         length = int(self.headers.get('Content-Length') or 0)
         rule = self.owner.take(method, target)
-        self.owner.agents.append((method, target, self.headers.get('User-Agent', '')))
+        with self.owner.lock:
+            self.owner.agents.append((method, target, self.headers.get('User-Agent', '')))
+            self.owner.arrivals.append(time.monotonic())
         if rule and rule.action == 'reset_request':
             self.rfile.read(length // 2)
             self.owner.log.append((method, target, 'reset_request'))

@@ -261,6 +261,50 @@ def test_write_check_of_a_run_killed_mid_check_is_cleaned_up(seaweed, tool, tmp_
     assert unfinished_uploads(seaweed, bucket) == []
 
 
+def test_the_checks_first_listing_page_plans_the_run_and_the_write_check_waits_for_it(seaweed, tool, tmp_path):
+    """Round trips count on long links: the listing that proves the bucket is also the first page of the
+    plan's destination listing (pages of ListPageSize keys, no page listed twice); the write check starts
+    only once that listing has answered (SeaweedFS would create a missing bucket on a write), and its
+    upload is aborted by the end of the run."""
+    from conftest import unfinished_uploads
+    from fault_proxy import FaultProxy
+    bucket = seaweed.bucket()
+    there = {'in/a.txt': b'same', 'in/b.txt': b'same', 'in/c.txt': b'same'}
+    for key, body in there.items():
+        seaweed.client().put_object(Bucket=bucket, Key=key, Body=body)
+    src = write_tree(tmp_path / 'src', {'a.txt': b'same', 'b.txt': b'same', 'c.txt': b'same', 'd.txt': b'new'})
+    proxy = FaultProxy(seaweed.endpoint)
+    slow = proxy.add('delay', 'GET', r'list-type=2', seconds=0.5)
+    try:
+        run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='in', ListPageSize=2,
+                                     DesEndPointURL=proxy.endpoint))
+    finally:
+        proxy.stop()
+    assert run.code == 0, run.stderr
+    assert run.report['files_skipped'] == 3 and run.report['files_transferred'] == 1, run.report
+    assert bucket_contents(seaweed, bucket) == {**there, 'in/d.txt': b'new'}
+    requests = [(method, target) for method, target, _ in proxy.agents]
+    listings = [target for method, target in requests if method == 'GET' and 'list-type=2' in target]
+    assert len(listings) == 2 and 'continuation-token' in listings[1], listings       # 3 keys, pages of 2
+    assert slow.hits == 1
+    first_write = next(i for i, (method, _) in enumerate(requests) if method in ('POST', 'PUT'))
+    check_listing = requests.index(('GET', listings[0]))
+    assert proxy.arrivals[first_write] - proxy.arrivals[check_listing] >= 0.5, requests
+    assert unfinished_uploads(seaweed, bucket) == []
+
+
+def test_an_upload_listing_answered_nosuchupload_is_an_empty_one(rclone, tool, tmp_path):
+    """rclone serve s3 answers ListMultipartUploads with NoSuchUpload in a bucket that never had an upload:
+    the run takes that as none (its upload index loads, no per-file listings, no warning)."""
+    data = random_bytes(11 * MiB, 31)
+    src = write_tree(tmp_path / 'src', {'big.bin': data, 'small.txt': b'small'})
+    bucket = rclone.bucket()
+    run = tool.run(dest_settings(rclone, bucket, SrcDir=src, ChunkSize=5))
+    assert run.code == 0, run.stderr
+    assert 'WARNING' not in run.stderr, run.stderr
+    assert bucket_contents(rclone, bucket) == {'big.bin': data, 'small.txt': b'small'}
+
+
 @pytest.mark.parametrize('text', ['Mon, 30 Nov 2026 16:27:09 GMT', '2026-11-30T16:27:09.000Z', '2026-11-30T16:27:09Z',
                                   '2026-11-30T16:27:09.123456Z', '2026-11-30T16:27:09', '1700000000',
                                   'Thu, 01 Jan 1970 00:00:00 -0000', '2026-11-30T16:27:09+02:00'])
