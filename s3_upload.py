@@ -1646,6 +1646,12 @@ class PartDone:
     crc: Optional[int] = None          # the source's whole-object CRC algorithm over this part
 
 
+def reported_checksums(response: Dict[str, Any]) -> Dict[str, str]:
+    """The additional checksums in a store's answer: 'CRC32C' -> base64 value."""
+    return {name[len('Checksum'):]: value for name, value in response.items()
+            if name.startswith('Checksum') and name != 'ChecksumType' and isinstance(value, str)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Head:
     """What HeadObject says of a destination object."""
@@ -2038,7 +2044,9 @@ class Destination:
             raise ServerSideUnavailable('the store\'s CopyObject answer has no ETag')
         return etag
 
-    def complete(self, key: str, upload_id: str, parts: List[PartDone], full_checksum: str = '') -> str:
+    def complete(self, key: str, upload_id: str, parts: List[PartDone],
+                 full_checksum: str = '') -> Tuple[str, Dict[str, str]]:
+        """Complete the upload; the object's ETag and the additional checksums the store answers with."""
         listed = []
         for part in parts:
             entry: Dict[str, Any] = {'PartNumber': part.number, 'ETag': part.etag}
@@ -2050,7 +2058,7 @@ class Destination:
             extra.update({self.checksum.parameter: full_checksum, 'ChecksumType': 'FULL_OBJECT'})
         response = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={'Parts': listed}, **extra)
-        return response.get('ETag', '')
+        return response.get('ETag', ''), reported_checksums(response)
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -2074,10 +2082,8 @@ class Destination:
             if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
                 return None
             raise
-        checksums = {name[len('Checksum'):]: value for name, value in response.items()
-                     if name.startswith('Checksum') and name != 'ChecksumType' and isinstance(value, str)}
         metadata = {k.lower(): v for k, v in response.get('Metadata', {}).items()}
-        return Head(response['ContentLength'], response.get('ETag', ''), metadata, checksums)
+        return Head(response['ContentLength'], response.get('ETag', ''), metadata, reported_checksums(response))
 
 
 ###############################################################################
@@ -2825,14 +2831,14 @@ class MultipartCopy:
         full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
             if self.destination.checksum and self.destination.checksum.full_object else ''
         try:
-            etag = self._complete(upload_id, parts, full)
+            etag, answered = self._complete(upload_id, parts, full)
         except PartsRefused:
             self._send_parts(upload_id, part_size, self._refused(upload_id, done, kept), done)
             parts = [done[n] for n in sorted(done)]
-            etag = self._complete(upload_id, parts, full, last_try=True)
+            etag, answered = self._complete(upload_id, parts, full, last_try=True)
         self.engine.journal.forget(upload_id)
         self.destination.forget_upload(self.key, upload_id)
-        return self._verify(etag, parts, info, end_to_end)
+        return self._verify(etag, parts, info, end_to_end, answered)
 
     def _send_parts(self, upload_id: str, part_size: int, numbers: List[int], done: Dict[int, PartDone]) -> None:
         """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged."""
@@ -3034,7 +3040,8 @@ class MultipartCopy:
             raise RestartFile(f'data read does not match the source\'s {self.whole.name}')
         return True
 
-    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str, last_try: bool = False) -> str:
+    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str,
+                  last_try: bool = False) -> Tuple[str, Dict[str, str]]:
         try:
             return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
                               self.key, upload_id, parts, full_checksum)
@@ -3054,16 +3061,24 @@ class MultipartCopy:
                 self.engine.journal.forget(upload_id)
                 raise UploadLost('the destination dropped the multipart upload before completion') from None
             logger.info('%s: upload already completed by an earlier attempt', self.key)
-            return head.etag
+            return head.etag, head.checksums
 
-    def _verify(self, etag: str, parts: List[PartDone], info: Info, end_to_end: bool) -> str:
+    def _verify(self, etag: str, parts: List[PartDone], info: Info, end_to_end: bool,
+                answered: Dict[str, str]) -> str:
+        """How the completed object is known to hold the parts: by what CompleteMultipartUpload answered
+        (the store's ETag or checksum of the very parts we listed), else by a HEAD."""
         self._abort_leftovers()
         checksum = self.destination.checksum
         expected_etag = multipart_etag([p.md5 for p in parts if p.md5 is not None]) \
             if all(p.md5 is not None for p in parts) else None
-        if expected_etag == clean_etag(etag) and not checksum and 's3u-src-crc64nvme' not in info.stamp:
-            # The store computed this ETag from the very parts (and sizes) we listed: no HEAD needed.
+        source_crc = info.stamp.get('s3u-src-crc64nvme')
+        if expected_etag == clean_etag(etag) and not checksum and not source_crc:
             return self.whole.name if end_to_end and self.whole is not None else 'etag'
+        if source_crc and answered.get('CRC64NVME') == source_crc:
+            return 'crc64nvme'            # the store's own CRC of what it holds equals the source's
+        if checksum and not source_crc and checksum.matches(answered.get(checksum.algorithm, ''),
+                                                            [(p.checksum, p.size) for p in parts]):
+            return self.whole.name if end_to_end and self.whole is not None else checksum.algorithm.lower()
         head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
         if head is None:
             raise VerifyError('object missing at the destination after CompleteMultipartUpload')
@@ -3076,7 +3091,6 @@ class MultipartCopy:
             if not checksum_ok:
                 logger.warning('%s: the store reports %s %r, which does not fit the parts\' checksums; '
                                'ETag and size checked instead', self.key, checksum.algorithm, reported or None)
-        source_crc = info.stamp.get('s3u-src-crc64nvme')
         if source_crc and head.checksums.get('CRC64NVME') == source_crc:
             return 'crc64nvme'            # the store's own CRC of what it holds equals the source's
         if end_to_end and self.whole is not None:

@@ -54,6 +54,31 @@ def test_multipart_etag_is_verified(seaweed, tool, tmp_path):
     assert run.report['verified_by'] == {'etag': 1}
 
 
+@pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
+def test_a_completed_upload_is_verified_by_the_completes_answer_else_by_a_head(server_name, request, tool, tmp_path):
+    """Round trips count on long links: SeaweedFS answers CompleteMultipartUpload with the object's
+    CRC64NVME, which proves the parts were joined as listed, so no HEAD follows; moto's answer has no
+    checksum that fits, so a HEAD is asked (and its ETag or CRC verifies the object)."""
+    from fault_proxy import FaultProxy
+    server = request.getfixturevalue(server_name)
+    data = random_bytes(11 * MiB, 4)
+    src = write_tree(tmp_path / 'src', {'f.bin': data})
+    bucket = server.bucket()
+    proxy = FaultProxy(server.endpoint)
+    try:
+        run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5, ChecksumAlgorithm='CRC64NVME',
+                                     DesEndPointURL=proxy.endpoint))
+    finally:
+        proxy.stop()
+    assert run.code == 0, run.stderr
+    assert bucket_contents(server, bucket) == {'f.bin': data}
+    heads = [target for method, target, _ in proxy.agents if method == 'HEAD' and 'f.bin' in target]
+    if server_name == 'seaweed':
+        assert heads == [] and run.report['verified_by'] == {'crc64nvme': 1}, run.report
+    else:
+        assert len(heads) == 1 and sum(run.report['verified_by'].values()) == 1, run.report
+
+
 def test_single_file_selected_by_srcfileindex(seaweed, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'keep/me.txt': b'me', 'other.txt': b'other'})
     bucket = seaweed.bucket()
