@@ -932,7 +932,8 @@ def list_objects(client: Any, bucket: str, prefix: str, page_size: int, retry: O
             args['Delimiter'] = '/'
         if token:
             args['ContinuationToken'] = token
-        page, first_page = first_page or call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args), None
+        page = first_page or call(f'ListObjectsV2 {bucket}/{prefix}', client.list_objects_v2, **args)
+        first_page = None
         yield from page.get('Contents', ())
         yield from page.get('CommonPrefixes', ())
         token = page.get('NextContinuationToken') or ''
@@ -3580,17 +3581,15 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
                     config.JobType, source.describe(), destination.describe(), config.ChunkSize,
                     config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
         gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
-        try:
-            if dry_run:
-                engine.dry_run(sys.stdout)
-            elif show_progress:
-                with ProgressDisplay(engine.progress):
-                    engine.run()
-            else:
+        if dry_run:
+            engine.dry_run(sys.stdout)
+        elif show_progress:
+            with ProgressDisplay(engine.progress):
                 engine.run()
-        finally:
-            gc.unfreeze()
+        else:
+            engine.run()
     finally:
+        gc.unfreeze()   # (nothing to do if the run failed before the freeze)
         destination.finish_check()
     return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
                                 destination.describe(), dry_run)
