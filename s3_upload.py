@@ -2855,6 +2855,9 @@ class MultipartCopy:
         except SourceChanged:
             self._discard(upload_id, 'its parts belong to an earlier version of the source')
             raise
+        except ServerSideUnavailable:       # the file is streamed instead, in an upload of its own
+            self._discard(upload_id, 'its parts were to be copied inside the store, which is not possible here')
+            raise
         except Exception as error:  # noqa: BLE001
             if error_code(error) == 'NoSuchUpload':
                 self.engine.journal.forget(upload_id)

@@ -275,6 +275,7 @@ def test_server_side_copy_falls_back_when_the_store_copies_parts_wrong(rclone, t
     assert 'server-side copy is not possible here' in run.stderr
     assert bucket_contents(rclone, dst_bucket) == objects
     assert run.report['bytes_transferred'] >= 11 * MiB
+    assert unfinished_uploads(rclone, dst_bucket) == []     # not even the server-side attempt's
 
 
 def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
@@ -295,6 +296,7 @@ def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
     assert 'server-side copy is not possible here' in run.stderr
     assert bucket_contents(seaweed, ISOLATED_BUCKET, prefix + '/') == {f'{prefix}/x.bin': data}
     assert run.report['bytes_transferred'] == len(data)
+    assert [u['Key'] for u in unfinished_uploads(seaweed, ISOLATED_BUCKET) if u['Key'].startswith(prefix)] == []
 
 
 def test_compare_mode_identity_and_checksum(seaweed, tool, tmp_path):
