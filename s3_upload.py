@@ -2810,6 +2810,17 @@ class MultipartCopy:
         self.whole = None if self.server_side or not (info.whole and info.whole.combine) else info.whole
         planned = part_size_for(self.obj.size, self.config.chunk_bytes)
         upload_id, part_size, kept = self._resume_or_start(planned, info)
+        try:
+            return self._finish(upload_id, part_size, kept, info)
+        except UploadLost:
+            raise                   # dropped by the store, or aborted already
+        except (RestartFile, ServerSideUnavailable) as restart:
+            # The next attempt starts an upload of its own: the upload index taken at the start never saw this one.
+            self._discard(upload_id, f'the file starts over ({restart})')
+            raise
+
+    def _finish(self, upload_id: str, part_size: int, kept: Dict[int, Part], info: Info) -> str:
+        """Send the parts the upload lacks, complete it and verify the object."""
         done: Dict[int, PartDone] = {}
         for number, part in kept.items():
             checksum = base64.b64decode(part.checksum) if part.checksum else None
@@ -2825,9 +2836,8 @@ class MultipartCopy:
         self._send_parts(upload_id, part_size, missing, done)
         parts = [done[n] for n in sorted(done)]
         self._fill_missing_checksums(parts, part_size)
-        end_to_end = self._check_end_to_end(parts, upload_id)
+        end_to_end = self._check_end_to_end(parts)
         if self.source.changed(self.obj):
-            self._discard(upload_id, 'the source changed during the upload')
             raise SourceChanged('source changed during the upload')
         full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
             if self.destination.checksum and self.destination.checksum.full_object else ''
@@ -2851,12 +2861,6 @@ class MultipartCopy:
                                               b64(part.checksum) if part.checksum else '')
         except SourceGone as gone:
             self._discard(upload_id, f'it can never be completed: {gone}')
-            raise
-        except SourceChanged:
-            self._discard(upload_id, 'its parts belong to an earlier version of the source')
-            raise
-        except ServerSideUnavailable:       # the file is streamed instead, in an upload of its own
-            self._discard(upload_id, 'its parts were to be copied inside the store, which is not possible here')
             raise
         except Exception as error:  # noqa: BLE001
             if error_code(error) == 'NoSuchUpload':
@@ -3034,13 +3038,12 @@ class MultipartCopy:
                 offset, length = part_range(part.number, self.obj.size, part_size)
                 part.checksum = self.destination.checksum.of(self._read(part.number, offset, length))
 
-    def _check_end_to_end(self, parts: List[PartDone], upload_id: str) -> bool:
+    def _check_end_to_end(self, parts: List[PartDone]) -> bool:
         """Compare the source's own whole-object CRC with the bytes we read, before completing."""
         if self.whole is None or any(part.crc is None for part in parts):
             return False
         value = self.whole.over([(part.crc, part.size) for part in parts])  # type: ignore[misc]
         if value != self.whole.expected:
-            self._discard(upload_id, f'the data read does not match the source\'s {self.whole.name}')
             raise RestartFile(f'data read does not match the source\'s {self.whole.name}')
         return True
 

@@ -418,3 +418,25 @@ def test_a_store_that_stops_reporting_the_checksum_back_gets_content_md5_again(e
     # Files go in key order, one at a time: empty, multi.bin (CRC alone), then small.txt (the answer
     # without the CRC), after which the ETag verifies.
     assert run.report['verified_by'] == {'crc64nvme': 2, 'etag': 1}, run.report
+
+
+def test_a_part_the_store_confirms_neither_by_checksum_nor_by_etag_restarts_the_file_in_a_new_upload(
+        seaweed, tool, tmp_path):
+    """A part answered without its CRC64NVME and with an ETag that is not its MD5: the file starts over
+    in a new upload, and the one that held that part is aborted (the start's upload index never knew it)."""
+    from conftest import unfinished_uploads
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    replaced = {'x-amz-checksum-crc64nvme': None, 'ETag': '"0123456789abcdef0123456789abcdef"'}
+    rule = proxy.add('headers', 'PUT', r'/multi\.bin\?.*\bpartNumber=1(&|$)', headers=replaced)
+    try:
+        src = write_tree(tmp_path / 'src', AUTO_FILES)
+        bucket = seaweed.bucket()
+        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxParallelFile=1)
+        run = tool.run({**settings, 'DesEndPointURL': proxy.endpoint})
+    finally:
+        proxy.stop()
+    assert rule.hits == 1 and run.code == 0, run.stderr
+    assert 'multi.bin: the store confirmed neither the CRC64NVME nor the MD5 of the data' in run.stderr
+    assert bucket_contents(seaweed, bucket) == AUTO_FILES
+    assert unfinished_uploads(seaweed, bucket) == []
