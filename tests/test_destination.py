@@ -396,14 +396,12 @@ def test_auto_checksum_keeps_content_md5_where_the_store_does_not_verify(server_
     assert metadata.get('s3u-checksum') == ('md5' if server_name == 'moto' else None)   # rclone keeps none
 
 
-@pytest.mark.parametrize('etag', [None, '"0123456789abcdef0123456789abcdef"'], ids=['etag-kept', 'etag-wrong'])
-def test_a_store_that_stops_reporting_the_checksum_back_gets_content_md5_again(etag, seaweed, tool, tmp_path):
-    """An answer without the CRC64NVME it was sent under: the ETag must then be the MD5 of the bytes (else
-    they are sent again), and the rest of the run sends Content-MD5 along."""
+def _auto_files_through_a_proxy(seaweed, tool, tmp_path, match: str, headers: dict):
+    """AUTO_FILES copied, one file at a time, into a new SeaweedFS bucket through a fault proxy that replaces
+    these answer headers of the PUT matching `match` (once); (the run, the rule, the bucket)."""
     from fault_proxy import FaultProxy
     proxy = FaultProxy(seaweed.endpoint)
-    replaced = {'x-amz-checksum-crc64nvme': None, **({'ETag': etag} if etag else {})}
-    rule = proxy.add('headers', 'PUT', r'/small\.txt$', headers=replaced)
+    rule = proxy.add('headers', 'PUT', match, headers=headers)
     try:
         src = write_tree(tmp_path / 'src', AUTO_FILES)
         bucket = seaweed.bucket()
@@ -411,6 +409,15 @@ def test_a_store_that_stops_reporting_the_checksum_back_gets_content_md5_again(e
         run = tool.run({**settings, 'DesEndPointURL': proxy.endpoint})
     finally:
         proxy.stop()
+    return run, rule, bucket
+
+
+@pytest.mark.parametrize('etag', [None, '"0123456789abcdef0123456789abcdef"'], ids=['etag-kept', 'etag-wrong'])
+def test_a_store_that_stops_reporting_the_checksum_back_gets_content_md5_again(etag, seaweed, tool, tmp_path):
+    """An answer without the CRC64NVME it was sent under: the ETag must then be the MD5 of the bytes (else
+    they are sent again), and the rest of the run sends Content-MD5 along."""
+    replaced = {'x-amz-checksum-crc64nvme': None, **({'ETag': etag} if etag else {})}
+    run, rule, bucket = _auto_files_through_a_proxy(seaweed, tool, tmp_path, r'/small\.txt$', replaced)
     assert rule.hits == 1 and run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == AUTO_FILES
     assert 'sending Content-MD5 too' in run.stderr
@@ -425,17 +432,9 @@ def test_a_part_the_store_confirms_neither_by_checksum_nor_by_etag_restarts_the_
     """A part answered without its CRC64NVME and with an ETag that is not its MD5: the file starts over
     in a new upload, and the one that held that part is aborted (the start's upload index never knew it)."""
     from conftest import unfinished_uploads
-    from fault_proxy import FaultProxy
-    proxy = FaultProxy(seaweed.endpoint)
     replaced = {'x-amz-checksum-crc64nvme': None, 'ETag': '"0123456789abcdef0123456789abcdef"'}
-    rule = proxy.add('headers', 'PUT', r'/multi\.bin\?.*\bpartNumber=1(&|$)', headers=replaced)
-    try:
-        src = write_tree(tmp_path / 'src', AUTO_FILES)
-        bucket = seaweed.bucket()
-        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxParallelFile=1)
-        run = tool.run({**settings, 'DesEndPointURL': proxy.endpoint})
-    finally:
-        proxy.stop()
+    run, rule, bucket = _auto_files_through_a_proxy(seaweed, tool, tmp_path,
+                                                    r'/multi\.bin\?.*\bpartNumber=1(&|$)', replaced)
     assert rule.hits == 1 and run.code == 0, run.stderr
     assert 'multi.bin: the store confirmed neither the CRC64NVME nor the MD5 of the data' in run.stderr
     assert bucket_contents(seaweed, bucket) == AUTO_FILES
