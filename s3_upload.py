@@ -209,9 +209,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
-    Option('Advanced', 'MaxParallelFile', '64', _int_range(1, 256), 'files in flight'),
+    Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024), 'files in flight, at most (Concurrency = auto starts at 128)'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
-    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB and doubles while that raises throughput, up to MemoryLimit (halved on errors); fixed: MemoryLimit from the start'),
+    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB in 128 files and doubles while that raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -705,7 +705,10 @@ class CrtLane:
             else:
                 options.override_default_trust_store_from_path(ca_filepath=os.environ['AWS_CA_BUNDLE'])
             tls = awscrt.io.ClientTlsContext(options).new_connection_options()
-        tuning = {'max_active_connections_override': pool_size, 'connect_timeout_ms': min(10, timeout) * 1000}
+        # awscrt opens one connection per 0.4 Gbit/s of its throughput target (10 by default: 25 connections),
+        # whatever the override: on a long link each small PUT holds its connection for a round trip.
+        tuning = {'max_active_connections_override': pool_size, 'throughput_target_gbps': pool_size * 0.4,
+                  'connect_timeout_ms': min(10, timeout) * 1000}
         accepted = inspect.signature(awscrt.s3.S3Client.__init__).parameters      # awscrt versions differ
         loops = awscrt.io.EventLoopGroup()
         self.s3 = awscrt.s3.S3Client(
@@ -2533,50 +2536,96 @@ class MemoryBudget:
                 blocked = True
 
 
+class FileGate:
+    """Files in flight stay under a limit, which an InFlightWindow may move; files waiting for a turn
+    are woken one at a time. `waited`: a file had to wait since it was cleared."""
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit = limit
+        self.stop = stop
+        self.used = 0
+        self.waited = False
+        self.turn = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self.turn:
+            while self.used >= self.limit:
+                self.waited = True
+                if self.stop.is_set():
+                    raise Stopped()
+                self.turn.wait(1.0)
+            self.used += 1
+        try:
+            yield
+        finally:
+            with self.turn:
+                self.used -= 1
+                self.turn.notify()
+
+    def resize(self, limit: int) -> None:
+        with self.turn:
+            self.limit = limit
+            self.turn.notify_all()
+
+
 class InFlightWindow:
-    """Concurrency = auto: the bytes in flight start at START and double while a doubling pays (the
-    next measured second sends GAIN times more, like TCP slow start), up to MemoryLimit. A step that
-    does not pay is taken back and the window rests, to try again after REST seconds; transient errors
-    halve it (down to a quarter of START). A store sharing this machine's cores is faster with fewer
-    bytes in flight, a long fat link needs many. Only seconds in which the window held data back count."""
+    """Concurrency = auto: the bytes in flight start at START and the files in flight at START_FILES;
+    both double while a doubling pays (the next measured second sends GAIN times more, like TCP slow
+    start), up to MemoryLimit and MaxParallelFile. A step that does not pay is taken back and the window
+    rests, to try again after REST seconds; transient errors halve it (down to a quarter of the start).
+    A store sharing this machine's cores is faster with little in flight, a long fat link needs a lot,
+    and small files on a long link need many files at once. Only seconds in which the window held data
+    or files back count."""
 
     START = 256 * MiB
+    START_FILES = 128
     GAIN = 1.15
     REST = 30.0
 
-    def __init__(self, memory: MemoryBudget, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, memory: MemoryBudget, ceiling: int, files: FileGate, files_ceiling: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.memory = memory
+        self.files = files
         self.ceiling = ceiling
-        self.floor = min(self.START, ceiling) // 4     # the least that errors can bring it down to
+        self.files_ceiling = files_ceiling
         self.clock = clock
+        self.scale = 1.0                             # the window, in multiples of its start
         self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
         self.fresh = True                            # the window just changed: the next second is skipped
         self.resting_until = 0.0
-        memory.resize(min(self.START, ceiling))
+        self._set(1.0, rest=False)
 
     def tick(self, rate: float, errors: bool) -> None:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
-        size, limited = self.memory.limit, self.memory.waited
-        self.memory.waited = False
-        halved = max(self.floor, size // 2)
-        if errors and size > self.floor:
-            self._set(halved, rest=True)
-            logger.debug('in flight: transient errors, window halved to %s', human_bytes(halved))
+        limited = self.memory.waited or self.files.waited
+        self.memory.waited = self.files.waited = False
+        if errors and self.scale > 0.25:
+            self._set(self.scale / 2, rest=True)
+            logger.debug('in flight: transient errors, window halved to %s', self)
         elif self.fresh:
             self.fresh = False
-        elif not limited or size >= self.ceiling or self.clock() < self.resting_until:
+        elif not limited or self._full() or self.clock() < self.resting_until:
             pass
         elif self.rate_before is not None and rate < self.GAIN * self.rate_before:
-            logger.debug('in flight: %s did not pay (%.0f against %.0f MB/s): back to %s', human_bytes(size),
-                         rate / 1e6, self.rate_before / 1e6, human_bytes(halved))
-            self._set(halved, rest=True)
+            logger.debug('in flight: %s did not pay (%.0f against %.0f MB/s)', self, rate / 1e6,
+                         self.rate_before / 1e6)
+            self._set(self.scale / 2, rest=True)
         else:
             self.rate_before = rate
-            self._set(min(self.ceiling, size * 2), rest=False)
-            logger.debug('in flight: window grows to %s (%.0f MB/s)', human_bytes(self.memory.limit), rate / 1e6)
+            self._set(self.scale * 2, rest=False)
+            logger.debug('in flight: window grows to %s (%.0f MB/s)', self, rate / 1e6)
 
-    def _set(self, size: int, rest: bool) -> None:
-        self.memory.resize(size)
+    def __str__(self) -> str:
+        return f'{human_bytes(self.memory.limit)} in {self.files.limit} files'
+
+    def _full(self) -> bool:
+        return self.memory.limit >= self.ceiling and self.files.limit >= self.files_ceiling
+
+    def _set(self, scale: float, rest: bool) -> None:
+        self.scale = scale
+        self.memory.resize(min(self.ceiling, int(self.START * scale)))
+        self.files.resize(max(1, min(self.files_ceiling, int(self.START_FILES * scale))))
         self.fresh = True
         if rest:
             self.rate_before = None
@@ -3122,8 +3171,8 @@ class MultipartCopy:
 
 
 class Engine:
-    """Runs the plan: MaxParallelFile files at once, MaxThread parts in flight per file, and no more
-    file data in memory than MemoryLimit."""
+    """Runs the plan: up to MaxParallelFile files at once, MaxThread parts in flight per file, and no
+    more file data in memory than MemoryLimit (Concurrency = auto finds how much of both pays)."""
 
     def __init__(self, config: Config, source: Any, destination: Destination, journal: ResumeJournal,
                  retrier: Retrier, progress: Optional[Progress] = None, filters: Optional[Filters] = None,
@@ -3143,7 +3192,9 @@ class Engine:
                                        'sending Content-MD5 too')
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
-        self.window = InFlightWindow(self.memory, config.MemoryLimit * MiB) if config.Concurrency == 'auto' else None
+        self.files = FileGate(config.MaxParallelFile, self.stop)
+        self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile)
+                       if config.Concurrency == 'auto' else None)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
     def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
@@ -3254,7 +3305,8 @@ class Engine:
         if self.stop.is_set():
             return
         try:
-            FileTransfer(self, task).run()
+            with self.files.hold():
+                FileTransfer(self, task).run()
         except Stopped:
             pass
 
@@ -3583,9 +3635,10 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         os.makedirs(config.LogDir, exist_ok=True)
         journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
         engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
-        logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %d files x %d parts in flight%s)', __version__,
+        logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %s%d files x %d parts in flight%s)', __version__,
                     config.JobType, source.describe(), destination.describe(), config.ChunkSize,
-                    config.MaxParallelFile, config.MaxThread, ', server-side copy' if server_side else '')
+                    'up to ' if engine.window else '', config.MaxParallelFile, config.MaxThread,
+                    ', server-side copy' if server_side else '')
         gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
         if dry_run:
             engine.dry_run(sys.stdout)
@@ -3897,7 +3950,7 @@ class App:
         elif kind == 'readonly':
             widget = ttk.Combobox(parent, textvariable=var, values=list(values), width=20, state='readonly')
         elif kind == 'spin':
-            widget = ttk.Spinbox(parent, textvariable=var, from_=1, to=256, width=6)
+            widget = ttk.Spinbox(parent, textvariable=var, from_=1, to=1024, width=6)
         else:
             widget = ttk.Entry(parent, textvariable=var, width=20, show=show)
         widget.grid(row=row, column=1, sticky='w' if kind == 'spin' else 'we', pady=2)
@@ -4119,7 +4172,7 @@ class App:
                   'S3_TO_S3': f's3://{config.SrcBucket}/{config.SrcPrefix}',
                   'ALIOSS_TO_S3': f'oss://{config.ali_SrcBucket}/{config.SrcPrefix}'}[config.JobType]
         summary = (f'{config.JobType}\n\nFROM: {source}\nTO:   s3://{config.DesBucket}/{config.S3Prefix}\n\n'
-                   f'{config.MaxParallelFile} files x {config.MaxThread} parts in flight, {config.StorageClass}')
+                   f'up to {config.MaxParallelFile} files x {config.MaxThread} parts in flight, {config.StorageClass}')
         if confirm:
             from tkinter import messagebox
             if not messagebox.askokcancel('Start upload?', summary, parent=self.root):

@@ -3,6 +3,7 @@
 
     python3 bench/run.py                     # loopback: rclone serve s3 and SeaweedFS, data sets a-e
     python3 bench/run.py --wan               # also over an emulated 100 ms RTT / 200 Mbit/s link (root)
+    python3 bench/run.py --wan-only --rtt 250 --rate 100 --loss 0.1 --wan-sets a,f   # other link settings
     python3 bench/run.py --sets a,b --servers rclone --tools s3_upload,s5cmd --repeat 3
 
 Every tool runs with its own defaults (s3_upload with the shipped s3_upload_config.ini, untouched; only
@@ -11,7 +12,8 @@ destination must hold exactly the source bytes, or the run scores 0. Reported pe
 files/s, client CPU seconds (and per GiB), peak RSS, and the ratio to the best peer.
 Data sets: (a) one 1 GiB file, (b) 2,000 files of 256 KiB, (c) a mix (1 x 300 MiB, 50 x 8 MiB,
 1,000 x 16 KiB, 20 x 0 B), (d) S3 -> S3 of (c) from another server with other credentials, (e) resume:
-time to finish after a kill at 50 % of (a) versus an uninterrupted run.
+time to finish after a kill at 50 % of (a) versus an uninterrupted run; (f) 5,000 files of 4 KiB
+(per-request cost and files in flight; on loopback by default, over the long link with --wan-sets).
 Results go to bench/results/<name>.md and .json (and a PNG chart when matplotlib is installed).
 """
 
@@ -189,6 +191,7 @@ DATASETS = {
     'b': [(f'f{i:04d}.dat', 256 * 1024) for i in range(2000)],
     'c': [('mix/huge.bin', 300 * MiB)] + [(f'mix/mid/{i:02d}.bin', 8 * MiB) for i in range(50)] +
          [(f'mix/small/{i:04d}.txt', 16 * 1024) for i in range(1000)] + [(f'mix/empty/{i:02d}', 0) for i in range(20)],
+    'f': [(f't/{i // 1000}/{i:04d}.txt', 4096) for i in range(5000)],
 }
 
 
@@ -455,10 +458,8 @@ def add_ratios(results: List[Result]) -> None:
 
 # Report ######################################################################
 
-LINK_RATE = 200e6 / 8
-
-
-def markdown(results: List[Result], title: str) -> str:
+def markdown(results: List[Result], title: str, link_rate: float) -> str:
+    """The table; link_rate (bytes/s) is the emulated link's, for the "of link rate" column."""
     lines = [f'# {title}', '',
              '| link | server | set | tool | seconds | MB/s | files/s | CPU s | CPU s/GiB | peak RSS MiB | '
              'vs best peer | of link rate | verified |',
@@ -467,7 +468,7 @@ def markdown(results: List[Result], title: str) -> str:
         if r.note == 'cannot':
             lines.append(f'| {r.link} | {r.server} | {r.dataset} | {r.tool} | cannot | | | | | | | | |')
             continue
-        of_link = f'{r.mb_per_s * 1e6 / LINK_RATE:.0%}' if r.link != 'loopback' and r.dataset != 'e' else ''
+        of_link = f'{r.mb_per_s * 1e6 / link_rate:.0%}' if r.link != 'loopback' and r.dataset != 'e' else ''
         ratio = f'{r.ratio:.2f}x' if r.dataset != 'e' else r.note
         lines.append(f'| {r.link} | {r.server} | {r.dataset} | {r.tool} | {r.seconds:.2f} | {r.mb_per_s:.1f} | '
                      f'{r.files_per_s:.0f} | {r.cpu:.2f} | {r.cpu_per_gib:.2f} | {r.rss_mib:.0f} | {ratio} | {of_link} | '
@@ -502,7 +503,7 @@ def chart(results: List[Result], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sets', default='a,b,c,d,e', help='data sets to run (a,b,c,d,e)')
+    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f)')
     parser.add_argument('--servers', default='rclone,seaweedfs', help='rclone and/or seaweedfs')
     parser.add_argument('--tools', default='s3_upload,' + ','.join(PEERS))
     parser.add_argument('--repeat', type=int, default=2,
@@ -510,6 +511,9 @@ def main() -> int:
     parser.add_argument('--wan', action='store_true', help='also run over the emulated long link (needs root)')
     parser.add_argument('--wan-only', action='store_true', help='only the emulated long link')
     parser.add_argument('--wan-sets', default='a,b,c,e', help='data sets on the long link')
+    parser.add_argument('--rtt', type=float, default=100, help='round-trip time of the long link, ms')
+    parser.add_argument('--rate', type=float, default=200, help='rate of the long link, Mbit/s each way')
+    parser.add_argument('--loss', type=float, default=0, help='packet loss on the long link, %% each way')
     parser.add_argument('--workdir', default=os.environ.get('BENCH_WORKDIR', ''),
                         help='scratch folder (data is kept). Not a RAM disk: SeaweedFS keeps deleted data until '
                              'it vacuums, and filled /dev/shm until the kernel killed it')
@@ -540,9 +544,11 @@ def main() -> int:
                     other.stop()
     if args.wan or args.wan_only:
         netem = HERE / 'wan' / 'netem.sh'
-        # A queue of one bandwidth-delay product (2.5 MB = ~1,700 packets), the textbook router buffer;
-        # the emulator's default of 1,000 packets drops ~15 % of packets once a few dozen flows run.
-        subprocess.run(['bash', str(netem), 'up', '50ms', '200mbit'], check=True, env={**os.environ, 'LIMIT': '2000'})
+        # A queue of one bandwidth-delay product (2.5 MB = ~1,700 packets at 100 ms / 200 Mbit/s), the textbook
+        # router buffer; the emulator's default of 1,000 packets drops ~15 % of packets once a few dozen flows run.
+        queue = max(1000, int(args.rtt / 1000 * args.rate * 1e6 / 8 / 1500 * 1.2))
+        subprocess.run(['bash', str(netem), 'up', f'{args.rtt / 2:g}ms', f'{args.rate:g}mbit', f'{args.loss:g}%'],
+                       check=True, env={**os.environ, 'LIMIT': str(queue)})
         try:
             for kind in kinds:
                 server = Server(kind, workdir, WAN_SERVER, netns='s3wan')
@@ -561,11 +567,13 @@ def main() -> int:
     out = HERE / 'results'
     out.mkdir(exist_ok=True)
     title = f'Benchmark {args.name}: {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}'
-    (out / f'{args.name}.md').write_text(markdown(results, title))
+    if args.wan or args.wan_only:
+        title += f'; long link: {args.rtt:g} ms RTT, {args.rate:g} Mbit/s, {args.loss:g} % loss'
+    (out / f'{args.name}.md').write_text(markdown(results, title, args.rate * 1e6 / 8))
     (out / f'{args.name}.json').write_text(json.dumps([dataclasses.asdict(r) | {
         'mb_per_s': r.mb_per_s, 'files_per_s': r.files_per_s, 'cpu_per_gib': r.cpu_per_gib} for r in results], indent=1))
     chart(results, out / f'{args.name}.png')
-    print(markdown(results, title))
+    print(markdown(results, title, args.rate * 1e6 / 8))
     print(f'written: {out / args.name}.md / .json')
     failed = sorted({f'{r.tool} ({r.link} {r.server} {r.dataset})' for r in results
                      if not r.ok and r.note != 'cannot'})

@@ -15,8 +15,9 @@ and a regular expression on the path + query, fire a given number of times, and 
     headers         forward, then answer with the response headers in `headers` replaced (None: left out)
 
 `upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
-`agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it, and
-`arrivals` the time.monotonic() at which each of them arrived.
+`agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it,
+`arrivals` the time.monotonic() at which each of them arrived, with `at_once` the requests it was then
+handling (that one included), and `peak` the most it ever handled at once.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class FaultProxy:
         self.log: List[tuple] = []
         self.agents: List[tuple] = []
         self.arrivals: List[float] = []
+        self.at_once: List[int] = []
+        self.active = 0
+        self.peak = 0
         proxy = self
 
         class Handler(ProxyHandler):
@@ -123,12 +127,23 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _proxy(self) -> None:
+        owner = self.owner
+        with owner.lock:
+            owner.active += 1
+            owner.peak = max(owner.peak, owner.active)
+            owner.agents.append((self.command, self.path, self.headers.get('User-Agent', '')))
+            owner.arrivals.append(time.monotonic())
+            owner.at_once.append(owner.active)
+        try:
+            self._forward()
+        finally:
+            with owner.lock:
+                owner.active -= 1
+
+    def _forward(self) -> None:
         method, target = self.command, self.path
         length = int(self.headers.get('Content-Length') or 0)
         rule = self.owner.take(method, target)
-        with self.owner.lock:
-            self.owner.agents.append((method, target, self.headers.get('User-Agent', '')))
-            self.owner.arrivals.append(time.monotonic())
         if rule and rule.action == 'reset_request':
             self.rfile.read(length // 2)
             self.owner.log.append((method, target, 'reset_request'))

@@ -362,13 +362,15 @@ class Clock:
         return self.now
 
 
-def window_of(limit: int):
-    """A window over a real memory budget of `limit` bytes, on a clock the test moves."""
+def window_of(limit: int, files: int = 1024):
+    """A window over a real memory budget of `limit` bytes and a gate of at most `files` files, on a
+    clock the test moves."""
     import threading
-    from s3_upload import InFlightWindow, MemoryBudget
+    from s3_upload import FileGate, InFlightWindow, MemoryBudget
     memory = MemoryBudget(limit, threading.Event())
     clock = Clock()
-    return InFlightWindow(memory, limit, clock), memory, clock
+    window = InFlightWindow(memory, limit, FileGate(files, threading.Event()), files, clock)
+    return window, memory, clock
 
 
 def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: bool = False) -> int:
@@ -411,6 +413,56 @@ def test_window_never_exceeds_memory_limit():
     assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [1, 1.5, 1.5, 1.5]
     small, memory, clock = window_of(16 * MiB)          # MemoryLimit below the start: the limit throughout
     assert memory.limit == 16 * MiB
+
+
+def test_window_moves_the_files_in_flight_with_the_bytes_up_to_max_parallel_file():
+    """Small files on a long link: the files gate, not the bytes, holds them back; those seconds count."""
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(2 * InFlightWindow.START, files=4 * InFlightWindow.START_FILES)
+    files = window.files
+    assert (memory.limit, files.limit) == (window.START, window.START_FILES)
+
+    def files_second(rate_mb: float, errors: bool = False) -> float:
+        clock.now += 1
+        files.waited = True                     # a file waited for its turn; the bytes never did
+        window.tick(rate_mb * 1e6, errors)
+        return files.limit / window.START_FILES
+
+    assert [files_second(rate) for rate in (1, 1, 2, 2, 4, 4)] == [1, 2, 2, 4, 4, 4]
+    assert memory.limit == 2 * window.START          # the bytes stopped at MemoryLimit, the files went on
+    assert [files_second(4, errors=True) for _ in range(4)] == [2, 1, 0.5, 0.25]
+
+
+def test_file_gate_lets_limit_files_through_and_follows_resizes():
+    import threading
+    import time
+    from s3_upload import FileGate, Stopped
+    stop = threading.Event()
+    gate = FileGate(2, stop)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def one_file() -> None:
+        with gate.hold():
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=one_file) for _ in range(8)]
+    [thread.start() for thread in threads]
+    time.sleep(0.02)
+    gate.resize(4)                               # waiting files get the new room at once
+    [thread.join() for thread in threads]
+    assert most[0] == 4 and gate.waited and gate.used == 0
+    stop.set()
+    with gate.hold(), gate.hold(), gate.hold(), gate.hold():
+        with pytest.raises(Stopped):
+            with gate.hold():
+                pass
+    assert gate.used == 0
 
 
 def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
@@ -462,3 +514,31 @@ def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
             with memory.hold(1):
                 pass
     assert memory.used == 0
+
+
+@pytest.mark.parametrize('concurrency', ['auto', 'fixed'])
+def test_small_files_behind_a_slow_store_get_more_files_in_flight_in_auto_mode(concurrency, seaweed, tool, tmp_path):
+    """Each PUT answered 0.2 s late (a long link's round trip): Concurrency = auto lets more files than
+    it starts with into flight, never more than MaxParallelFile; fixed holds MaxParallelFile throughout."""
+    from fault_proxy import FaultProxy
+    from s3_upload import InFlightWindow
+    start, most = InFlightWindow.START_FILES, InFlightWindow.START_FILES * 3 // 2
+    files = {f'f{i:04d}.txt': f'{i}'.encode() for i in range(1500)}
+    src = write_tree(tmp_path / 'src', files)
+    bucket = seaweed.bucket()
+    proxy = FaultProxy(seaweed.endpoint)
+    proxy.add('delay', 'PUT', r'/f\d+\.txt', times=-1, seconds=0.2)
+    try:
+        run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, DesEndPointURL=proxy.endpoint,
+                                     Concurrency=concurrency, MaxParallelFile=most if concurrency == 'auto' else start))
+    finally:
+        proxy.stop()
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == files
+    first = min(t for t, (_, target, _) in zip(proxy.arrivals, proxy.agents) if target.endswith('.txt'))
+    early = max(n for t, n in zip(proxy.arrivals, proxy.at_once) if t < first + 0.5)
+    print(f'peak {proxy.peak}, in the first 0.5 s {early}; {proxy.arrivals[-1] - first:.1f} s of PUTs')
+    if concurrency == 'auto':
+        assert early <= start < proxy.peak <= most, (early, proxy.peak)
+    else:
+        assert start - 8 <= early <= proxy.peak <= start, (early, proxy.peak)
