@@ -209,9 +209,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
-    Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024), 'files in flight, at most (Concurrency = auto starts at 128)'),
+    Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024), 'files in flight, at most (Concurrency = auto starts with what the round trip to the store needs)'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
-    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB in 128 files and doubles while that raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from the start'),
+    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB, the files in flight at 1,280/s x the round trip (at least 32), and both double while that raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -1763,6 +1763,7 @@ class Destination:
         self.probe_key = f'{self.prefix}{self.PROBE}-{os.urandom(6).hex()}'   # this run's own write check
         self.first_page: Optional[Dict[str, Any]] = None     # the check's listing, until objects() uses it
         self.probe_abort: Optional[Future] = None
+        self.round_trip: Optional[float] = None     # seconds the write check's quickest request took
         self.meter = Meter()
 
     def describe(self) -> str:
@@ -1806,7 +1807,9 @@ class Destination:
         if trial:
             self.checksum = Checksum('CRC64NVME')
         try:
+            started = time.monotonic()
             upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
+            self.round_trip = time.monotonic() - started
         except botocore.exceptions.ClientError as error:
             code = error_code(error)      # no permission is no answer about checksums
             if not trial or code in ('AccessDenied', '403') or code in CREDENTIAL_ERROR_CODES:
@@ -1819,7 +1822,9 @@ class Destination:
                 raise self._write_refused(again) from None
         try:
             if self.checksum and probe_checksum:
+                started = time.monotonic()
                 self.checksum_verified = self._refuses_wrong_checksum(probe, upload_id)
+                self.round_trip = min(self.round_trip, time.monotonic() - started)
                 if trial and not self.checksum_verified:
                     self.checksum = None
         finally:
@@ -2570,8 +2575,8 @@ class FileGate:
 
 
 class InFlightWindow:
-    """Concurrency = auto: the bytes in flight start at START and the files in flight at START_FILES;
-    both double while a doubling pays (the next measured second sends GAIN times more, like TCP slow
+    """Concurrency = auto: the bytes in flight start at START, the files in flight at what the round trip
+    to the store needs (files_to_start); both double while a doubling pays (the next measured second sends GAIN times more, like TCP slow
     start), up to MemoryLimit and MaxParallelFile. A step that does not pay is taken back and the window
     rests, to try again after REST seconds; transient errors halve it (down to a quarter of the start).
     A store sharing this machine's cores is faster with little in flight, a long fat link needs a lot,
@@ -2579,22 +2584,26 @@ class InFlightWindow:
     or files back count."""
 
     START = 256 * MiB
-    START_FILES = 128
+    START_FILES = 32            # files in flight at the start when the store is near...
+    FILES_PER_SECOND = 1280     # ...and when it is far, as many as this rate needs (Little's law)
     GAIN = 1.15
     REST = 30.0
 
     def __init__(self, memory: MemoryBudget, ceiling: int, files: FileGate, files_ceiling: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, round_trip: Optional[float] = None) -> None:
         self.memory = memory
         self.files = files
         self.ceiling = ceiling
         self.files_ceiling = files_ceiling
+        self.start_files = self.files_to_start(round_trip)
         self.clock = clock
         self.scale = 1.0                             # the window, in multiples of its start
         self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
         self.fresh = True                            # the window just changed: the next second is skipped
         self.resting_until = 0.0
         self._set(1.0, rest=False)
+        logger.debug('in flight: %s at the start (round trip %s)', self,
+                     'unknown' if round_trip is None else f'{round_trip * 1000:.0f} ms')
 
     def tick(self, rate: float, errors: bool) -> None:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
@@ -2616,6 +2625,11 @@ class InFlightWindow:
             self._set(self.scale * 2, rest=False)
             logger.debug('in flight: window grows to %s (%.0f MB/s)', self, rate / 1e6)
 
+    @classmethod
+    def files_to_start(cls, round_trip: Optional[float]) -> int:
+        """Each small file holds its slot for at least a round trip: a far store needs many at once."""
+        return max(cls.START_FILES, int(cls.FILES_PER_SECOND * (round_trip or 0)))
+
     def __str__(self) -> str:
         return f'{human_bytes(self.memory.limit)} in {self.files.limit} files'
 
@@ -2625,7 +2639,7 @@ class InFlightWindow:
     def _set(self, scale: float, rest: bool) -> None:
         self.scale = scale
         self.memory.resize(min(self.ceiling, int(self.START * scale)))
-        self.files.resize(max(1, min(self.files_ceiling, int(self.START_FILES * scale))))
+        self.files.resize(max(1, min(self.files_ceiling, int(self.start_files * scale))))
         self.fresh = True
         if rest:
             self.rate_before = None
@@ -3193,8 +3207,8 @@ class Engine:
         self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
         self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
         self.files = FileGate(config.MaxParallelFile, self.stop)
-        self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile)
-                       if config.Concurrency == 'auto' else None)
+        self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile,
+                                      round_trip=destination.round_trip) if config.Concurrency == 'auto' else None)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
     def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:

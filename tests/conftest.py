@@ -126,6 +126,16 @@ def start_seaweedfs(workdir: Path) -> S3Server:
     ]}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 's3.json').write_text(json.dumps(identities))
+    for _ in range(2):      # a port found free can be taken (by an outgoing connection) before weed binds it
+        try:
+            return _start_seaweedfs_once(workdir)
+        except RuntimeError:
+            if b'Port allocation failed' not in (workdir / 'weed.log').read_bytes():
+                raise
+    return _start_seaweedfs_once(workdir)
+
+
+def _start_seaweedfs_once(workdir: Path) -> S3Server:
     while True:
         base = free_port()
         ports = [base, base + 1000, base + 1001, base + 1002, base + 1003]
