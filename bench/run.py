@@ -501,6 +501,18 @@ def chart(results: List[Result], path: Path) -> None:
 
 # Main ########################################################################
 
+def version() -> str:
+    """The commit s3_upload.py was measured at ('+ changes' when it differs from it), if in a git checkout."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--', 's3_upload.py', 's3_upload_config.ini'],
+                                 cwd=ROOT).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return 'outside git'
+    return commit + (' + changes' if changed else '')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f)')
@@ -566,7 +578,7 @@ def main() -> int:
     add_ratios(results)
     out = HERE / 'results'
     out.mkdir(exist_ok=True)
-    title = f'Benchmark {args.name}: {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}'
+    title = f'Benchmark {args.name}: {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}, s3_upload {version()}'
     if args.wan or args.wan_only:
         title += f'; long link: {args.rtt:g} ms RTT, {args.rate:g} Mbit/s, {args.loss:g} % loss'
     (out / f'{args.name}.md').write_text(markdown(results, title, args.rate * 1e6 / 8))
