@@ -1824,7 +1824,7 @@ class Destination:
             if self.checksum and probe_checksum:
                 started = time.monotonic()
                 self.checksum_verified = self._refuses_wrong_checksum(probe, upload_id)
-                self.round_trip = min(self.round_trip, time.monotonic() - started)
+                self.round_trip = min(self.round_trip or math.inf, time.monotonic() - started)
                 if trial and not self.checksum_verified:
                     self.checksum = None
         finally:
@@ -2576,9 +2576,10 @@ class FileGate:
 
 class InFlightWindow:
     """Concurrency = auto: the bytes in flight start at START, the files in flight at what the round trip
-    to the store needs (files_to_start); both double while a doubling pays (the next measured second sends GAIN times more, like TCP slow
-    start), up to MemoryLimit and MaxParallelFile. A step that does not pay is taken back and the window
-    rests, to try again after REST seconds; transient errors halve it (down to a quarter of the start).
+    to the store needs (files_to_start); both double while a doubling pays (the next measured second
+    sends GAIN times more, like TCP slow start), up to MemoryLimit and MaxParallelFile. A step that does
+    not pay is taken back and the window rests, to try again after REST seconds; transient errors halve
+    it (down to a quarter of the start).
     A store sharing this machine's cores is faster with little in flight, a long fat link needs a lot,
     and small files on a long link need many files at once. Only seconds in which the window held data
     or files back count."""
