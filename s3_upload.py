@@ -2576,13 +2576,14 @@ class FileGate:
 
 class InFlightWindow:
     """Concurrency = auto: the bytes in flight start at START, the files in flight at what the round trip
-    to the store needs (files_to_start); both double while a doubling pays (the next measured second
-    sends GAIN times more, like TCP slow start), up to MemoryLimit and MaxParallelFile. A step that does
-    not pay is taken back and the window rests, to try again after REST seconds; transient errors halve
-    it (down to a quarter of the start).
+    to the store needs (files_to_start); both double while a doubling pays (once the rate has settled,
+    it sends GAIN times more than before the doubling, like TCP slow start), up to MemoryLimit and
+    MaxParallelFile. A step that does not pay is taken back and the window rests, to try again after
+    REST seconds; transient errors halve it (down to a quarter of the start).
     A store sharing this machine's cores is faster with little in flight, a long fat link needs a lot,
     and small files on a long link need many files at once. Only seconds in which the window held data
-    or files back count."""
+    or files back count, and only once the rate stops climbing at the window it has (connections still
+    opening, TCP still in slow start)."""
 
     START = 256 * MiB
     START_FILES = 32            # files in flight at the start when the store is near...
@@ -2600,6 +2601,7 @@ class InFlightWindow:
         self.clock = clock
         self.scale = 1.0                             # the window, in multiples of its start
         self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
+        self.last_rate = 0.0                         # bytes/s in the second before this one
         self.fresh = True                            # the window just changed: the next second is skipped
         self.resting_until = 0.0
         self._set(1.0, rest=False)
@@ -2610,17 +2612,20 @@ class InFlightWindow:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
         limited = self.memory.waited or self.files.waited
         self.memory.waited = self.files.waited = False
+        climbing, self.last_rate = rate >= self.GAIN * self.last_rate, rate
         if errors and self.scale > 0.25:
             self._set(self.scale / 2, rest=True)
             logger.debug('in flight: transient errors, window halved to %s', self)
         elif self.fresh:
             self.fresh = False
-        elif not limited or self._full() or self.clock() < self.resting_until:
+        elif climbing:
             pass
         elif self.rate_before is not None and rate < self.GAIN * self.rate_before:
             logger.debug('in flight: %s did not pay (%.0f against %.0f MB/s)', self, rate / 1e6,
                          self.rate_before / 1e6)
             self._set(self.scale / 2, rest=True)
+        elif not limited or self._full() or self.clock() < self.resting_until:
+            self.rate_before = None                  # the last doubling paid (or there was none): it stays
         else:
             self.rate_before = rate
             self._set(self.scale * 2, rest=False)

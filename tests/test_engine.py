@@ -402,9 +402,30 @@ def test_window_steps_back_when_a_doubling_does_not_pay_and_tries_again_after_a_
 def test_window_grows_only_when_it_held_data_back_and_halves_on_errors():
     from s3_upload import InFlightWindow
     window, memory, clock = window_of(8 * InFlightWindow.START)
-    assert [second(window, memory, clock, rate, limited=False) for rate in (10, 20, 40, 80)] == [1] * 4
-    assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [2, 2, 4, 4]
-    assert [second(window, memory, clock, 20, errors=True) for _ in range(5)] == [2, 1, 0.5, 0.25, 0.25]
+    assert [second(window, memory, clock, 10, limited=False) for _ in range(4)] == [1] * 4
+    assert second(window, memory, clock, 10) == 2
+    assert [second(window, memory, clock, 20, errors=True) for _ in range(5)] == [1, 0.5, 0.25, 0.25, 0.25]
+
+
+def test_window_waits_while_the_rate_still_climbs_at_the_window_it_has():
+    """Connections opening and TCP slow start raise the rate at any window: no doubling is decided then."""
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(8 * InFlightWindow.START)
+    assert [second(window, memory, clock, rate) for rate in (0, 1, 5, 20, 21)] == [1, 1, 1, 1, 2]
+    # the doubling is judged once the rate settles (30 against 21: it paid), not while it climbs (20)
+    assert [second(window, memory, clock, rate) for rate in (10, 20, 30, 30)] == [2, 2, 2, 4]
+
+
+@pytest.mark.parametrize('limited', [True, False])
+def test_a_doubling_up_to_the_ceiling_is_taken_back_when_it_does_not_pay(limited):
+    """At MemoryLimit and MaxParallelFile nothing waits for the window any more (the thread pool is the
+    limit): whether the last doubling paid is still judged."""
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(2 * InFlightWindow.START, files=2 * InFlightWindow.START_FILES)
+    assert [second(window, memory, clock, 20) for _ in range(3)] == [1, 2, 2]
+    assert (memory.limit, window.files.limit) == (2 * window.START, 2 * window.START_FILES)
+    assert second(window, memory, clock, 20, limited=limited) == 1
+    assert window.files.limit == window.START_FILES
 
 
 def test_window_never_exceeds_memory_limit():
