@@ -665,12 +665,14 @@ class CrtLane:
     Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's
+    QUIET_BODY = 64 * 1024  # up to this, a body leaves in one go: no progress callbacks into Python for it
     AGENT = f's3_upload/{__version__} awscrt'
 
     def __init__(self, client: Any, credentials: Any, verify_tls: bool, pool_size: int, timeout: int) -> None:
         import awscrt.auth
         import awscrt.io
         import awscrt.s3
+        import botocore.credentials
         from urllib.parse import urlsplit
         self.client = client
         self.timeout = timeout
@@ -690,9 +692,14 @@ class CrtLane:
             keys = credentials.get_frozen_credentials()
             return awscrt.auth.AwsCredentials(keys.access_key, keys.secret_key, keys.token)
 
+        if isinstance(credentials, botocore.credentials.RefreshableCredentials):
+            provider = awscrt.auth.AwsCredentialsProvider.new_delegate(frozen)    # asked at every signature
+        else:                                                                      # no call into Python per request
+            keys = credentials.get_frozen_credentials()
+            provider = awscrt.auth.AwsCredentialsProvider.new_static(keys.access_key, keys.secret_key, keys.token)
         signing = awscrt.auth.AwsSigningConfig(
             algorithm=awscrt.auth.AwsSigningAlgorithm.V4, signature_type=awscrt.auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
-            credentials_provider=awscrt.auth.AwsCredentialsProvider.new_delegate(frozen),
+            credentials_provider=provider,
             region=client.meta.region_name, service='s3',
             signed_body_value=awscrt.auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             signed_body_header_type=awscrt.auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
@@ -803,8 +810,10 @@ class CrtLane:
         def on_progress(count: int) -> None:
             moved[0] += count
 
+        watched = data is not None and len(data) > self.QUIET_BODY
         handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
-                                      on_headers=on_headers, on_body=on_body, on_progress=on_progress)
+                                      on_headers=on_headers, on_body=on_body,
+                                      on_progress=on_progress if watched else None)
         try:
             self._wait(handle, moved, operation)
         except awscrt.s3.S3ResponseError as error:
@@ -2542,8 +2551,9 @@ class MemoryBudget:
 
 
 class FileGate:
-    """Files in flight stay under a limit, which an InFlightWindow may move; files waiting for a turn
-    are woken one at a time. `waited`: a file had to wait since it was cleared."""
+    """Files in flight stay under a limit, which an InFlightWindow may move. The planner takes a turn
+    before it hands a file to a worker, and the worker gives it back when the file is done: no worker
+    thread ever waits for a turn. `waited`: a file had to wait since it was cleared."""
 
     def __init__(self, limit: int, stop: threading.Event) -> None:
         self.limit = limit
@@ -2552,8 +2562,8 @@ class FileGate:
         self.waited = False
         self.turn = threading.Condition()
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def acquire(self) -> None:
+        """Wait for a turn; raises Stopped if the run stops meanwhile."""
         with self.turn:
             while self.used >= self.limit:
                 self.waited = True
@@ -2561,12 +2571,11 @@ class FileGate:
                     raise Stopped()
                 self.turn.wait(1.0)
             self.used += 1
-        try:
-            yield
-        finally:
-            with self.turn:
-                self.used -= 1
-                self.turn.notify()
+
+    def release(self) -> None:
+        with self.turn:
+            self.used -= 1
+            self.turn.notify()
 
     def resize(self, limit: int) -> None:
         with self.turn:
@@ -3235,7 +3244,6 @@ class Engine:
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
-        backlog = threading.BoundedSemaphore(self.config.MaxParallelFile * 2)
         finished = threading.Event()
         if self.window:
             threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
@@ -3243,11 +3251,9 @@ class Engine:
             for task in self.tasks():
                 if not self._count(task):
                     continue
-                while not backlog.acquire(timeout=0.2):
-                    if self.stop.is_set():
-                        raise Stopped()
+                self.files.acquire()
                 future = files.submit(self._run_file, task)
-                future.add_done_callback(lambda _: backlog.release())
+                future.add_done_callback(lambda _: self.files.release())
             self.progress.listing_done = True
         except Stopped:
             pass
@@ -3325,8 +3331,7 @@ class Engine:
         if self.stop.is_set():
             return
         try:
-            with self.files.hold():
-                FileTransfer(self, task).run()
+            FileTransfer(self, task).run()
         except Stopped:
             pass
 

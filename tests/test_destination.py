@@ -242,6 +242,32 @@ def test_crt_lane_serialises_headers_like_botocore_and_leaves_non_ascii_to_it():
     assert never.crt_lane is None
 
 
+def test_crt_lane_signs_with_the_keys_credentials_that_expire_hold_at_each_request(seaweed):
+    """Credentials that expire (assume-role, SSO, SSM in cluster mode) are asked for at every signature;
+    plain keys are handed to the C runtime once."""
+    import botocore.credentials
+    import botocore.exceptions
+    import s3_upload
+    bucket = seaweed.bucket()
+    keys = {'access_key': seaweed.access_key, 'secret_key': seaweed.secret_key}
+
+    def refreshed() -> dict:      # always within the mandatory refresh window: botocore asks every time
+        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+        return {**keys, 'token': None, 'expiry_time': soon.isoformat()}
+
+    expiring = botocore.credentials.RefreshableCredentials.create_from_metadata(refreshed(), refreshed, 'test')
+    lane = s3_upload.make_client('', seaweed.endpoint, 'us-east-1', 2, credentials=expiring, lane=True).crt_lane
+    assert lane.put(bucket, 'first', b'one', {}) is not None
+    keys['secret_key'] = 'rotated away'
+    with pytest.raises(botocore.exceptions.ClientError, match='SignatureDoesNotMatch'):
+        lane.put(bucket, 'second', b'two', {})
+    plain = botocore.credentials.Credentials(seaweed.access_key, seaweed.secret_key)
+    lane = s3_upload.make_client('', seaweed.endpoint, 'us-east-1', 2, credentials=plain, lane=True).crt_lane
+    plain.secret_key = 'changed after the lane was made'
+    assert lane.put(bucket, 'third', b'three', {}) is not None
+    assert bucket_contents(seaweed, bucket) == {'first': b'one', 'third': b'three'}
+
+
 def _keys():
     import botocore.credentials
     return botocore.credentials.Credentials('AKIDEXAMPLE', 'secret')

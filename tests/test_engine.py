@@ -461,6 +461,7 @@ def test_window_starts_with_as_many_files_as_the_round_trip_needs():
 
 
 def test_file_gate_lets_limit_files_through_and_follows_resizes():
+    """The planner takes a turn per file, the file's worker gives it back when the file is done."""
     import threading
     import time
     from s3_upload import FileGate, Stopped
@@ -470,26 +471,32 @@ def test_file_gate_lets_limit_files_through_and_follows_resizes():
     lock = threading.Lock()
 
     def one_file() -> None:
-        with gate.hold():
-            with lock:
-                inside[0] += 1
-                most[0] = max(most[0], inside[0])
-            time.sleep(0.05)
-            with lock:
-                inside[0] -= 1
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        gate.release()
 
-    threads = [threading.Thread(target=one_file) for _ in range(8)]
-    [thread.start() for thread in threads]
+    def planner() -> None:
+        for _ in range(8):
+            gate.acquire()
+            threading.Thread(target=one_file).start()
+
+    planning = threading.Thread(target=planner)
+    planning.start()
     time.sleep(0.02)
-    gate.resize(4)                               # waiting files get the new room at once
-    [thread.join() for thread in threads]
-    assert most[0] == 4 and gate.waited and gate.used == 0
+    gate.resize(4)                               # the waiting planner gets the new room at once
+    planning.join()
+    while gate.used:
+        time.sleep(0.01)
+    assert most[0] == 4 and gate.waited
     stop.set()
-    with gate.hold(), gate.hold(), gate.hold(), gate.hold():
-        with pytest.raises(Stopped):
-            with gate.hold():
-                pass
-    assert gate.used == 0
+    [gate.acquire() for _ in range(4)]
+    with pytest.raises(Stopped):
+        gate.acquire()
+    assert gate.used == 4
 
 
 def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
