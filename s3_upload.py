@@ -665,7 +665,6 @@ class CrtLane:
     Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's
-    QUIET_BODY = 64 * 1024  # up to this, a body leaves in one go: no progress callbacks into Python for it
     AGENT = f's3_upload/{__version__} awscrt'
 
     def __init__(self, client: Any, credentials: Any, verify_tls: bool, pool_size: int, timeout: int) -> None:
@@ -810,10 +809,8 @@ class CrtLane:
         def on_progress(count: int) -> None:
             moved[0] += count
 
-        watched = data is not None and len(data) > self.QUIET_BODY
         handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
-                                      on_headers=on_headers, on_body=on_body,
-                                      on_progress=on_progress if watched else None)
+                                      on_headers=on_headers, on_body=on_body, on_progress=on_progress)
         try:
             self._wait(handle, moved, operation)
         except awscrt.s3.S3ResponseError as error:
