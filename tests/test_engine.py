@@ -489,11 +489,13 @@ def test_file_gate_lets_limit_files_through_and_follows_resizes():
     time.sleep(0.02)
     gate.resize(4)                               # the waiting planner gets the new room at once
     planning.join()
-    while gate.used:
+    deadline = time.monotonic() + 5
+    while gate.used and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert most[0] == 4 and gate.waited
+    assert most[0] == 4 and gate.waited and gate.used == 0
     stop.set()
-    [gate.acquire() for _ in range(4)]
+    for _ in range(4):
+        gate.acquire()                           # room left: no wait, no stop
     with pytest.raises(Stopped):
         gate.acquire()
     assert gate.used == 4
