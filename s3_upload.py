@@ -659,12 +659,47 @@ def _cache_endpoint_rules(client: Any, session: Any) -> None:
     resolver._get_provider_params = provider_params
 
 
+class Deadlines:
+    """Cancels awscrt requests not answered by their deadline; one thread checks them once a second."""
+
+    def __init__(self) -> None:
+        self.due: Dict[Any, Tuple[float, float]] = {}     # request -> (monotonic deadline, seconds it has)
+        self.late: Dict[Any, float] = {}         # request cancelled for lateness -> seconds it was given
+        self.lock = threading.Lock()
+        self.watcher: Optional[threading.Thread] = None
+
+    def watch(self, request: Any, seconds: float) -> None:
+        with self.lock:
+            self.due[request] = (time.monotonic() + seconds, seconds)
+            if self.watcher is None:
+                self.watcher = threading.Thread(target=self._sweep, name='deadlines', daemon=True)
+                self.watcher.start()
+
+    def forget(self, request: Any) -> float:
+        """Stop watching a request that ended; the seconds it had if it was cancelled for lateness, else 0."""
+        with self.lock:
+            self.due.pop(request, None)
+            return self.late.pop(request, 0.0)
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self.lock:
+                overdue = [request for request, (deadline, _) in self.due.items() if deadline < now]
+                for request in overdue:
+                    self.late[request] = self.due.pop(request)[1]
+            for request in overdue:
+                request.cancel()
+
+
 class CrtLane:
     """PutObject and GetObject of small bodies through AWS's C runtime (awscrt's S3 client) when it is
     installed: the request is signed, sent and answered in C, a quarter of botocore's CPU per small file.
     Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's
+    SLOWEST = 4 * 1024      # bytes/s a PUT's body may crawl at (awscrt reports no progress for it) before it is cut
     AGENT = f's3_upload/{__version__} awscrt'
 
     def __init__(self, client: Any, credentials: Any, verify_tls: bool, pool_size: int, timeout: int) -> None:
@@ -686,6 +721,7 @@ class CrtLane:
                            client.meta.service_model.operation_model('PutObject').output_shape.members.items()
                            if shape.serialization.get('location') == 'header'}
         self.bases: Dict[str, Tuple[str, str]] = {}
+        self.deadlines = Deadlines()
 
         def frozen() -> Any:
             keys = credentials.get_frozen_credentials()
@@ -764,11 +800,41 @@ class CrtLane:
     def put(self, bucket: str, key: str, data: bytes, params: Dict[str, Any]) -> Optional[Dict[str, str]]:
         """PutObject, answered with botocore's names for the answer's headers (values as text: a full parse
         costs 0.1 ms); None when botocore has to send this one. Raises botocore's errors."""
+        outcome: Future = Future()
+        if not self.put_async(bucket, key, data, params, lambda answer, error: outcome.set_exception(error)
+                              if error else outcome.set_result(answer)):
+            return None
+        return outcome.result()
+
+    def put_async(self, bucket: str, key: str, data: bytes, params: Dict[str, Any],
+                  done: Callable[[Optional[Dict[str, str]], Optional[BaseException]], None]) -> bool:
+        """Start a PutObject and return: awscrt's thread calls done(answer, None), the answer as put gives
+        it, or done(None, botocore's error) when it ends. False (and no call) when botocore has to send it."""
+        import awscrt.s3
         headers = self.headers(params)
         if headers is None:
-            return None
-        answer, _ = self._send('PutObject', 'PUT', bucket, key, [('Content-Length', str(len(data))), *headers], data)
-        return {name: answer[header] for header, name in self.put_answer.items() if header in answer}
+            return False
+        answer: Dict[str, str] = {}
+
+        def on_headers(status_code: int, headers: List[Tuple[str, str]], **_: Any) -> None:
+            answer.update((name.lower(), value) for name, value in headers)
+
+        def finished(future: Future) -> None:
+            late = self.deadlines.forget(handle)
+            error = future.exception()
+            if error is not None:
+                done(None, TimeoutError(f'PutObject: no answer in {late:.0f} s') if late else
+                     self._botocore_error(error, 'PutObject'))
+            else:
+                done({name: answer[header] for header, name in self.put_answer.items() if header in answer}, None)
+
+        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name='PutObject',
+                                      request=self._request('PUT', bucket, key, [('Content-Length', str(len(data))),
+                                                                                 *headers], data),
+                                      on_headers=on_headers)
+        self.deadlines.watch(handle, 2 * self.timeout + len(data) / self.SLOWEST)
+        handle.finished_future.add_done_callback(finished)
+        return True
 
     def get(self, bucket: str, key: str, params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """GetObject, answered as botocore's get_object would (the body already read, in memory); None
@@ -785,16 +851,18 @@ class CrtLane:
         response['Body'] = io.BytesIO(body)
         return response
 
+    def _request(self, method: str, bucket: str, key: str, headers: List[Tuple[str, str]],
+                 data: Optional[bytes]) -> Any:
+        import awscrt.http
+        from urllib.parse import quote
+        host, prefix = self._base(bucket)
+        return awscrt.http.HttpRequest(method, prefix + quote(key, safe='/~'), awscrt.http.HttpHeaders(
+            [('Host', host), ('User-Agent', self.AGENT), *headers]), None if data is None else io.BytesIO(data))
+
     def _send(self, operation: str, method: str, bucket: str, key: str, headers: List[Tuple[str, str]],
               data: Optional[bytes]) -> Tuple[Dict[str, str], bytes]:
         """One request; (answer headers by lower-case name, answer body). Raises botocore's errors."""
-        import awscrt.exceptions
-        import awscrt.http
         import awscrt.s3
-        from urllib.parse import quote
-        host, prefix = self._base(bucket)
-        request = awscrt.http.HttpRequest(method, prefix + quote(key, safe='/~'), awscrt.http.HttpHeaders(
-            [('Host', host), ('User-Agent', self.AGENT), *headers]), None if data is None else io.BytesIO(data))
         answer: Dict[str, str] = {}
         body: List[bytes] = []
         moved = [0]
@@ -809,15 +877,24 @@ class CrtLane:
         def on_progress(count: int) -> None:
             moved[0] += count
 
-        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
+        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name=operation,
+                                      request=self._request(method, bucket, key, headers, data),
                                       on_headers=on_headers, on_body=on_body, on_progress=on_progress)
         try:
             self._wait(handle, moved, operation)
-        except awscrt.s3.S3ResponseError as error:
-            raise self._client_error(error, operation) from None
-        except awscrt.exceptions.AwsCrtError as error:
-            raise ConnectionError(f'{operation}: {error.name}: {error.message}') from None
+        except Exception as error:  # noqa: BLE001 - awscrt's errors, as botocore's
+            raise self._botocore_error(error, operation) from None
         return answer, b''.join(body)
+
+    def _botocore_error(self, error: BaseException, operation: str) -> BaseException:
+        """An awscrt error as botocore would have raised it (others as they are)."""
+        import awscrt.exceptions
+        import awscrt.s3
+        if isinstance(error, awscrt.s3.S3ResponseError):
+            return self._client_error(error, operation)
+        if isinstance(error, awscrt.exceptions.AwsCrtError):
+            return ConnectionError(f'{operation}: {error.name}: {error.message}')
+        return error
 
     def _wait(self, handle: Any, moved: List[int], operation: str) -> None:
         """Wait while bytes move; a request silent for RequestTimeout seconds is cancelled (like botocore)."""
@@ -1165,6 +1242,8 @@ def printable(name: str) -> str:
 
 class LocalSource:
     """Files below a local folder (recursive, in S3 key order) or one file in it."""
+
+    reads_locally = True    # no round trip per read: small files are read where they are planned
 
     def __init__(self, root: str, single: str = '*') -> None:
         self.root = os.path.abspath(root)
@@ -1646,6 +1725,17 @@ class Part:
 
 
 @dataclasses.dataclass
+class SmallPut:
+    """A whole small file in memory and what its PutObject sends with it."""
+    data: bytes
+    info: Info
+    md5: Optional[bytes]               # Content-MD5; None when the additional checksum alone vouches
+    vouched: bool                      # md5 is the source's own (its ETag), not hashed here
+    checksum: Optional[bytes]          # the additional checksum (ChecksumAlgorithm), raw
+    args: Dict[str, Any]
+
+
+@dataclasses.dataclass
 class PartDone:
     """A part that is at the destination: what the upload's Complete and the verification need."""
     number: int
@@ -2011,7 +2101,7 @@ class Destination:
     def put(self, key: str, data: bytes, md5: Optional[bytes], args: Dict[str, Any],
             checksum: Optional[bytes]) -> Tuple[str, str]:
         """PutObject, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
-        params = {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
+        params = self._put_params(md5, args, checksum)
         response = None
         if self.lane and len(data) <= self.lane.MAX_BODY:
             response = self.lane.put(self.bucket, key, data, params)
@@ -2020,6 +2110,28 @@ class Destination:
         if response is None:
             response = self.client.put_object(Bucket=self.bucket, Key=key, Body=Payload(data, self.meter), **params)
         return _etag_of(response, 'PutObject'), self._echo(response)
+
+    def put_async(self, key: str, data: bytes, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes],
+                  done: Callable[[Optional[Tuple[str, str]], Optional[BaseException]], None]) -> bool:
+        """put without waiting, through the awscrt lane: its thread calls done((ETag, echo), None) or
+        done(None, error) at the end. False (and no call) when the lane cannot carry it."""
+        if not self.lane or len(data) > self.lane.MAX_BODY:
+            return False
+
+        def answered(response: Optional[Dict[str, str]], error: Optional[BaseException]) -> None:
+            if response is None:
+                return done(None, error)
+            self.meter.add(len(data))
+            try:
+                stored = _etag_of(response, 'PutObject'), self._echo(response)
+            except MalformedResponse as malformed:
+                return done(None, malformed)
+            done(stored, None)
+
+        return self.lane.put_async(self.bucket, key, data, self._put_params(md5, args, checksum), answered)
+
+    def _put_params(self, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes]) -> Dict[str, Any]:
+        return {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
 
     def create_upload(self, key: str, args: Dict[str, Any]) -> str:
         extra = dict(self.options.args(), **args)
@@ -2493,31 +2605,38 @@ class MemoryBudget:
 
     @contextlib.contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
+        """Room for nbytes while the block runs."""
+        room = self.take(nbytes)
+        try:
+            yield
+        finally:
+            self.give(room)
+
+    def take(self, nbytes: int) -> int:
+        """Wait for room for nbytes; the room granted (give it back), less if the limit shrank meanwhile.
+        Raises Stopped if the run stops first."""
         with self.lock:
             nbytes = min(nbytes, self.limit)      # one part larger than the limit still goes, alone
             if (not self.queue or self._small(nbytes)) and self._fits(nbytes):
                 self.used += nbytes
-                granted = None
-            else:
-                self.waited = True
-                granted = threading.Event()
-                waiter = [nbytes, granted]
-                self.queue.append(waiter)
-        if granted is not None:
-            while not granted.wait(0.2):
-                if self.stop.is_set():
-                    with self.lock:
-                        if not granted.is_set():
-                            self.queue.remove(waiter)
-                            self._grant()
-                            raise Stopped()
-            nbytes = waiter[0]                    # the room granted (less if the limit shrank meanwhile)
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.used -= nbytes
-                self._grant()
+                return nbytes
+            self.waited = True
+            granted = threading.Event()
+            waiter = [nbytes, granted]
+            self.queue.append(waiter)
+        while not granted.wait(0.2):
+            if self.stop.is_set():
+                with self.lock:
+                    if not granted.is_set():
+                        self.queue.remove(waiter)
+                        self._grant()
+                        raise Stopped()
+        return waiter[0]
+
+    def give(self, room: int) -> None:
+        with self.lock:
+            self.used -= room
+            self._grant()
 
     def resize(self, limit: int) -> None:
         with self.lock:
@@ -2560,12 +2679,12 @@ class FileGate:
         self.turn = threading.Condition()
 
     def acquire(self) -> None:
-        """Wait for a turn; raises Stopped if the run stops meanwhile."""
+        """Wait for a turn; raises Stopped once the run stops."""
         with self.turn:
-            while self.used >= self.limit:
-                self.waited = True
+            while self.used >= self.limit or self.stop.is_set():
                 if self.stop.is_set():
                     raise Stopped()
+                self.waited = True
                 self.turn.wait(1.0)
             self.used += 1
 
@@ -2689,8 +2808,9 @@ class FileTransfer:
         self.retry = engine.retrier.call
         self.progress = engine.progress
 
-    def run(self) -> Optional[str]:
+    def run(self, sent: Optional[Tuple[SmallPut, str, str]] = None) -> Optional[str]:
         """Copy (or find unchanged) the object; return None when it is at the destination, else why not.
+        sent: (put, ETag, echo) of a PutObject of it the store accepted, left to prove here.
         Raises Stopped when stopped; the copy stays resumable."""
         task = self.task
         self.progress.file_started(task.key, task.source.size)
@@ -2701,12 +2821,10 @@ class FileTransfer:
                 return None
             for attempt in range(self.MAX_REDO + 1):
                 try:
-                    how = self._copy()
-                    self.progress.verified(how)
-                    logger.log(logging.INFO if task.source.size > self.config.threshold_bytes else logging.DEBUG,
-                               'done %s (%s, verified by %s)', task.key, human_bytes(task.source.size), how)
+                    self.finished(self.stored(*sent) if sent else self._copy())
                     return None
                 except RestartFile as change:
+                    sent = None
                     if attempt == self.MAX_REDO:
                         raise SourceGone(f'gave up after {self.MAX_REDO} restarts: {change}') from None
                     logger.warning('%s: %s; starting this file again', task.key, change)
@@ -2723,6 +2841,12 @@ class FileTransfer:
             return message
         finally:
             self.progress.file_ended(task.key)
+
+    def finished(self, how: str) -> None:
+        """Count the file as copied, its bytes proven the source's by how."""
+        self.progress.verified(how)
+        logger.log(logging.INFO if self.task.source.size > self.config.threshold_bytes else logging.DEBUG,
+                   'done %s (%s, verified by %s)', self.task.key, human_bytes(self.task.source.size), how)
 
     def _copy(self) -> str:
         obj = self.task.source
@@ -2744,9 +2868,13 @@ class FileTransfer:
 
     def _put(self) -> str:
         with self.engine.memory.hold(self.task.source.size):
-            return self._put_in_memory()
+            put = self.prepare_put()
+            etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put.data, put.md5, put.args,
+                                    put.checksum, put.vouched)
+            return self.stored(put, etag, echo)
 
-    def _put_in_memory(self) -> str:
+    def prepare_put(self) -> SmallPut:
+        """Read the whole file and make what its PutObject sends (waits for the bandwidth limit)."""
         obj, key, destination = self.task.source, self.task.key, self.destination
         data, info = self.retry(f'read {key}', self.source.fetch, obj)
         if info.whole and info.whole.compute(data) != info.whole.expected:
@@ -2755,25 +2883,42 @@ class FileTransfer:
         checksum = destination.checksum.of(data) if destination.checksum else None
         by_checksum = vouched is None and checksum is not None and self.engine.checksum_instead.enabled
         md5 = vouched or (None if by_checksum else md5_of(data))
-        args = destination.object_args(info, self.stamp(0))
         self.engine.limiter.take(len(data))
-        etag, echo = self.retry(f'PutObject {key}', self._store, data, md5, args, checksum, vouched is not None)
-        self.progress.add(bytes_transferred=len(data), parts_uploaded=1)
-        self.progress.file_advanced(key, len(data))
-        for upload in destination.indexed_uploads(key):      # an earlier, larger version's upload
-            self.retry(f'AbortMultipartUpload {key}', destination.abort, key, upload.upload_id)
+        return SmallPut(data, info, md5, vouched is not None, checksum, destination.object_args(info, self.stamp(0)))
+
+    def stored(self, put: SmallPut, etag: str, echo: str) -> str:
+        """Count a PutObject the store accepted and return how its bytes are proven the source's."""
+        key = self.task.key
+        self.count(put)
+        for upload in self.destination.indexed_uploads(key):      # an earlier, larger version's upload
+            self.retry(f'AbortMultipartUpload {key}', self.destination.abort, key, upload.upload_id)
             self.engine.journal.forget(upload.upload_id)
+        return self.proven(put, etag, echo) or self._size_checked(etag)
+
+    def count(self, put: SmallPut) -> None:
+        self.progress.add(bytes_transferred=len(put.data), parts_uploaded=1)
+        self.progress.file_advanced(self.task.key, len(put.data))
+
+    def proven(self, put: SmallPut, etag: str, echo: str) -> Optional[str]:
+        """How the store's answer alone proves the bytes stored are the source's; None if it cannot (raises
+        RestartFile if it shows they are not)."""
+        md5, info = put.md5, put.info
         if md5 is None:
-            md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
+            md5 = self.engine.unconfirmed_md5(put.checksum, echo, put.data, etag)
             if md5 is None:
-                return info.whole.name if info.whole else destination.checksum.algorithm.lower()
+                return info.whole.name if info.whole else self.destination.checksum.algorithm.lower()
         if info.whole:
             return info.whole.name          # source CRC matched the bytes, and Content-MD5 the upload
         if clean_etag(etag) == md5.hex():
-            return 'source-md5' if vouched else 'etag'
+            return 'source-md5' if put.vouched else 'etag'
+        return None
+
+    def _size_checked(self, etag: str) -> str:
+        """The ETag is no MD5 here: the store accepted Content-MD5, so a matching size completes the proof."""
+        obj, key = self.task.source, self.task.key
         logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
                     'the server accepted Content-MD5, size checked instead', key, etag)
-        head = self.retry(f'HeadObject {key}', destination.head, key)
+        head = self.retry(f'HeadObject {key}', self.destination.head, key)
         if head is None or head.size != obj.size:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
         return 'size'
@@ -3196,6 +3341,82 @@ class MultipartCopy:
                 self._discard(upload.upload_id, 'the object is complete')
 
 
+class QuickPuts:
+    """Small files of a source that reads without round trips (a local disk), sent without a thread each:
+    the planner reads and hashes a file and hands it to the awscrt lane; the lane's completion callback
+    proves and counts it. A file whose answer is not a plain success goes to a worker, to prove or redo."""
+
+    def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Tuple[SmallPut, str, str]]], None]) -> None:
+        self.engine = engine
+        self.hand_over = hand_over
+        self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
+        self.in_flight = 0
+        self.idle = threading.Condition()
+
+    @staticmethod
+    def possible(engine: 'Engine') -> bool:
+        return engine.destination.lane is not None and getattr(engine.source, 'reads_locally', False)
+
+    def send(self, task: Task) -> bool:
+        """Start the file's PutObject; False (nothing started) when a worker has to copy it."""
+        engine, obj = self.engine, task.source
+        if (task.action != 'send' or obj.size > self.largest or engine.server_side.enabled
+                or engine.destination.indexed_uploads(task.key)):
+            return False
+        transfer = FileTransfer(engine, task)
+        room = engine.memory.take(obj.size)
+        engine.progress.file_started(task.key, obj.size)
+        with self.idle:
+            self.in_flight += 1
+        try:
+            put = transfer.prepare_put()
+            if engine.destination.put_async(task.key, put.data, put.md5, put.args, put.checksum,
+                                            lambda stored, error: self._answered(transfer, put, room, stored, error)):
+                return True
+        except Exception as error:  # noqa: BLE001 - the worker meets it again and deals with it
+            logger.debug('%s: %s; a worker copies it', task.key, describe_error(error))
+        self._ended(task.key, room)
+        return False
+
+    def drain(self) -> None:
+        """Wait until every PutObject started has its answer (the lane's deadlines see that they all do)."""
+        with self.idle:
+            while self.in_flight:
+                self.idle.wait()
+
+    def _answered(self, transfer: FileTransfer, put: SmallPut, room: int, stored: Optional[Tuple[str, str]],
+                  error: Optional[BaseException]) -> None:
+        """The store's answer, on the lane's thread: a plain success ends the file here."""
+        task = transfer.task
+        sent: Optional[Tuple[SmallPut, str, str]] = None
+        try:
+            if stored is None:
+                raise error or MalformedResponse('PutObject: no answer')
+            how = transfer.proven(put, *stored)
+            if how is not None:
+                transfer.count(put)
+                transfer.finished(how)
+                return self._ended(task.key, room, then=self.engine.files.release)
+            sent = (put, *stored)         # a worker checks the size with a HEAD
+        except RestartFile as change:
+            logger.warning('%s: %s; starting this file again', task.key, change)
+        except Exception as failure:  # noqa: BLE001 - the worker sends it again, with the retrier's patience
+            if is_retryable(failure):
+                self.engine.retrier.retries += 1
+            logger.log(logging.WARNING if is_retryable(failure) else logging.DEBUG,
+                       'PutObject %s failed (%s); a worker sends it again', task.key, describe_error(failure))
+        self._ended(task.key, room, then=lambda: self.hand_over(task, sent))
+
+    def _ended(self, key: str, room: int, then: Optional[Callable[[], None]] = None) -> None:
+        self.engine.memory.give(room)
+        self.engine.progress.file_ended(key)
+        if then:
+            then()
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+
 class Engine:
     """Runs the plan: up to MaxParallelFile files at once, MaxThread parts in flight per file, and no
     more file data in memory than MemoryLimit (Concurrency = auto finds how much of both pays)."""
@@ -3241,6 +3462,7 @@ class Engine:
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
+        quick = QuickPuts(self, lambda task, sent: self._hand_over(files, task, sent)) if QuickPuts.possible(self) else None
         finished = threading.Event()
         if self.window:
             threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
@@ -3249,8 +3471,8 @@ class Engine:
                 if not self._count(task):
                     continue
                 self.files.acquire()
-                future = files.submit(self._run_file, task)
-                future.add_done_callback(lambda _: self.files.release())
+                if not (quick and quick.send(task)):
+                    self._hand_over(files, task, None)
             self.progress.listing_done = True
         except Stopped:
             pass
@@ -3260,10 +3482,16 @@ class Engine:
             logger.debug('listing failure detail', exc_info=True)
             self.progress.fail('(listing)', f'listing failed: {describe_error(error)}')
         finally:
+            if quick:
+                quick.drain()
             files.shutdown(wait=True)
             self.part_pool.shutdown(wait=True)
             finished.set()
         return self.progress
+
+    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Tuple[SmallPut, str, str]]) -> None:
+        """A worker copies the file (or proves the PutObject of it already sent), then frees its turn."""
+        files.submit(self._run_file, task, sent).add_done_callback(lambda _: self.files.release())
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
@@ -3324,11 +3552,11 @@ class Engine:
             return False
         return True
 
-    def _run_file(self, task: Task) -> None:
+    def _run_file(self, task: Task, sent: Optional[Tuple[SmallPut, str, str]] = None) -> None:
         if self.stop.is_set():
             return
         try:
-            FileTransfer(self, task).run()
+            FileTransfer(self, task).run(sent)
         except Stopped:
             pass
 

@@ -84,6 +84,21 @@ def test_reset_mid_response_of_a_source_read(seaweed, moto, tool):
         fault_proxy.stop()
 
 
+def test_a_put_never_answered_is_cut_at_its_deadline_and_sent_again(seaweed, proxy, tool, tmp_path):
+    """The store takes a small PutObject and does not answer for 30 s: awscrt reports no progress of the
+    body to wait on, so the lane cuts it at its deadline (2 x RequestTimeout for so few bytes), and a worker
+    sends it again. A run that waited for the answer would not be done in 25 s."""
+    import re
+    rule = proxy.add('stall', 'PUT', r'/small\.txt$', seconds=30)
+    src = write_tree(tmp_path / 'src', FILES)
+    bucket = seaweed.bucket()
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, RequestTimeout=1, MaxRetry=3), timeout=25)
+    assert rule.hits == 1
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == FILES
+    assert re.search(r'PutObject small\.txt failed \(.*PutObject: no answer in 2 s\); a worker sends it again', run.stderr)
+
+
 PERMANENT = {
     '403 AccessDenied on UploadPart': ('PUT', r'multi\.bin\?.*partNumber=', 403, 'AccessDenied', 'AccessDenied'),
     '404 NoSuchBucket on PutObject': ('PUT', r'/small\.txt$', 404, 'NoSuchBucket', 'NoSuchBucket'),
