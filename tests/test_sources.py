@@ -27,6 +27,26 @@ def test_local_walk_survives_symlink_loops(tmp_path):
     assert [o.key for o in objects] == ['d/f.txt']
 
 
+def test_a_small_local_file_is_read_whole_and_checked_against_its_listing(tmp_path):
+    """fetch returns the file as listed; grown, shrunk, rewritten (same size, new mtime) or gone since
+    the listing, it says so instead of handing over other bytes."""
+    from s3_upload import SourceChanged, SourceGone
+    root = write_tree(tmp_path / 'src', {'a.bin': random_bytes(70000, 3), 'b': b'', 'c': b'ccc', 'd': b'dd', 'e': b'e'})
+    source = LocalSource(str(root))
+    listed = {obj.key: obj for obj in source.objects()}
+    assert source.fetch(listed['a.bin'])[0] == random_bytes(70000, 3)
+    assert source.fetch(listed['b'])[0] == b''
+    (root / 'c').write_bytes(b'cccc')
+    (root / 'd').write_bytes(b'd')
+    os.utime(root / 'e', ns=(0, 12345))
+    for key in 'cde':
+        with pytest.raises(SourceChanged):
+            source.fetch(listed[key])
+    (root / 'a.bin').unlink()
+    with pytest.raises(SourceGone):
+        source.fetch(listed['a.bin'])
+
+
 def test_names_that_cannot_be_keys_fail_alone(seaweed, tool, tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
