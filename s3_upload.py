@@ -660,37 +660,40 @@ def _cache_endpoint_rules(client: Any, session: Any) -> None:
 
 
 class Deadlines:
-    """Cancels awscrt requests not answered by their deadline; one thread checks them once a second."""
+    """Cancels awscrt requests not answered by their deadline; one thread checks them once a second.
+    Requests are known by their finished futures (a done callback that held the request itself would make
+    a reference cycle, and keep every body until the garbage collector's oldest generation ran)."""
 
     def __init__(self) -> None:
-        self.due: Dict[Any, Tuple[float, float]] = {}     # request -> (monotonic deadline, seconds it has)
-        self.late: Dict[Any, float] = {}         # request cancelled for lateness -> seconds it was given
+        self.due: Dict[Future, Tuple[float, float, Callable[[], None]]] = {}    # -> (deadline, seconds, cancel)
+        self.late: Dict[Future, float] = {}      # cancelled for lateness -> the seconds it was given
         self.lock = threading.Lock()
         self.watcher: Optional[threading.Thread] = None
 
-    def watch(self, request: Any, seconds: float) -> None:
+    def watch(self, finished: Future, cancel: Callable[[], None], seconds: float) -> None:
         with self.lock:
-            self.due[request] = (time.monotonic() + seconds, seconds)
+            self.due[finished] = (time.monotonic() + seconds, seconds, cancel)
             if self.watcher is None:
                 self.watcher = threading.Thread(target=self._sweep, name='deadlines', daemon=True)
                 self.watcher.start()
 
-    def forget(self, request: Any) -> float:
+    def forget(self, finished: Future) -> float:
         """Stop watching a request that ended; the seconds it had if it was cancelled for lateness, else 0."""
         with self.lock:
-            self.due.pop(request, None)
-            return self.late.pop(request, 0.0)
+            self.due.pop(finished, None)
+            return self.late.pop(finished, 0.0)
 
     def _sweep(self) -> None:
         while True:
             time.sleep(1.0)
             now = time.monotonic()
+            cancels = []
             with self.lock:
-                overdue = [request for request, (deadline, _) in self.due.items() if deadline < now]
-                for request in overdue:
-                    self.late[request] = self.due.pop(request)[1]
-            for request in overdue:
-                request.cancel()
+                for finished in [finished for finished, (deadline, _, _) in self.due.items() if deadline < now]:
+                    _, self.late[finished], cancel = self.due.pop(finished)
+                    cancels.append(cancel)
+            for cancel in cancels:
+                cancel()
 
 
 class CrtLane:
@@ -820,7 +823,7 @@ class CrtLane:
             answer.update((name.lower(), value) for name, value in headers)
 
         def finished(future: Future) -> None:
-            late = self.deadlines.forget(handle)
+            late = self.deadlines.forget(future)
             error = future.exception()
             if error is not None:
                 done(None, TimeoutError(f'PutObject: no answer in {late:.0f} s') if late else
@@ -832,7 +835,7 @@ class CrtLane:
                                       request=self._request('PUT', bucket, key, [('Content-Length', str(len(data))),
                                                                                  *headers], data),
                                       on_headers=on_headers)
-        self.deadlines.watch(handle, 2 * self.timeout + len(data) / self.SLOWEST)
+        self.deadlines.watch(handle.finished_future, handle.cancel, 2 * self.timeout + len(data) / self.SLOWEST)
         handle.finished_future.add_done_callback(finished)
         return True
 
@@ -2878,8 +2881,7 @@ class FileTransfer:
     def _put(self) -> str:
         with self.engine.memory.hold(self.task.source.size):
             put = self.prepare_put()
-            etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put.data, put.md5, put.args,
-                                    put.checksum, put.vouched)
+            etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put)
             return self.stored(put, etag, echo)
 
     def prepare_put(self) -> SmallPut:
@@ -2932,15 +2934,14 @@ class FileTransfer:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
         return 'size'
 
-    def _store(self, data: bytes, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes],
-               vouched: bool) -> Tuple[str, str]:
+    def _store(self, put: SmallPut) -> Tuple[str, str]:
         """PutObject. With the source's MD5 as Content-MD5 (vouched), the destination proves the bytes equal
         the source's without hashing them here; if it refuses them and they are not what the source stated,
         they are read again (and from now on hashed here: the source's ETags may be no MD5s)."""
         try:
-            return self.destination.put(self.task.key, data, md5, args, checksum)
+            return self.destination.put(self.task.key, put.data, put.md5, put.args, put.checksum)
         except Exception as error:  # noqa: BLE001 - BadDigest sorted out, the rest to the retrier
-            if vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(data) != md5:
+            if put.vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(put.data) != put.md5:
                 self.engine.source_md5.disable('the destination refused bytes under the source\'s MD5')
                 raise RestartFile('data read does not match the source\'s ETag') from None
             raise
