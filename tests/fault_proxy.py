@@ -54,6 +54,12 @@ class Rule:
                 (self.match is None or re.search(self.match, target) is not None))
 
 
+class ProxyServer(ThreadingHTTPServer):
+    """A listen backlog like a real server's: socketserver's default of 5 drops the connections a client
+    opens at once beyond it, which then wait a second for their SYN to be sent again."""
+    request_queue_size = 1024
+
+
 class FaultProxy:
     """Forwards to upstream, injecting the faults of its rules."""
 
@@ -74,7 +80,7 @@ class FaultProxy:
         class Handler(ProxyHandler):
             owner = proxy
 
-        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd = ProxyServer(('127.0.0.1', 0), Handler)
         self.httpd.daemon_threads = True
         self.endpoint = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
