@@ -1747,6 +1747,9 @@ class SmallPut:
     args: Dict[str, Any]
 
 
+Sent = Tuple[SmallPut, str, str]       # a PutObject the store accepted: what was sent, its ETag, the checksum echoed
+
+
 @dataclasses.dataclass
 class PartDone:
     """A part that is at the destination: what the upload's Complete and the verification need."""
@@ -2680,8 +2683,8 @@ class MemoryBudget:
 
 class FileGate:
     """Files in flight stay under a limit, which an InFlightWindow may move. The planner takes a turn
-    before it hands a file to a worker, and the worker gives it back when the file is done: no worker
-    thread ever waits for a turn. `waited`: a file had to wait since it was cleared."""
+    before it starts a file, and whoever ends the file (its worker, or the lane's answer to a small PUT)
+    gives it back: no worker thread ever waits for a turn. `waited`: a file had to wait since it was cleared."""
 
     def __init__(self, limit: int, stop: threading.Event) -> None:
         self.limit = limit
@@ -2820,7 +2823,7 @@ class FileTransfer:
         self.retry = engine.retrier.call
         self.progress = engine.progress
 
-    def run(self, sent: Optional[Tuple[SmallPut, str, str]] = None) -> Optional[str]:
+    def run(self, sent: Optional[Sent] = None) -> Optional[str]:
         """Copy (or find unchanged) the object; return None when it is at the destination, else why not.
         sent: (put, ETag, echo) of a PutObject of it the store accepted, left to prove here.
         Raises Stopped when stopped; the copy stays resumable."""
@@ -3356,7 +3359,7 @@ class QuickPuts:
     the planner reads and hashes a file and hands it to the awscrt lane; the lane's completion callback
     proves and counts it. A file whose answer is not a plain success goes to a worker, to prove or redo."""
 
-    def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Tuple[SmallPut, str, str]]], None]) -> None:
+    def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Sent]], None]) -> None:
         self.engine = engine
         self.hand_over = hand_over
         self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
@@ -3398,7 +3401,7 @@ class QuickPuts:
                   error: Optional[BaseException]) -> None:
         """The store's answer, on the lane's thread: a plain success ends the file here."""
         task = transfer.task
-        sent: Optional[Tuple[SmallPut, str, str]] = None
+        sent: Optional[Sent] = None
         try:
             if stored is None:
                 raise error or MalformedResponse('PutObject: no answer')
@@ -3499,7 +3502,7 @@ class Engine:
             finished.set()
         return self.progress
 
-    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Tuple[SmallPut, str, str]]) -> None:
+    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Sent]) -> None:
         """A worker copies the file (or proves the PutObject of it already sent), then frees its turn."""
         files.submit(self._run_file, task, sent).add_done_callback(lambda _: self.files.release())
 
@@ -3562,7 +3565,7 @@ class Engine:
             return False
         return True
 
-    def _run_file(self, task: Task, sent: Optional[Tuple[SmallPut, str, str]] = None) -> None:
+    def _run_file(self, task: Task, sent: Optional[Sent] = None) -> None:
         if self.stop.is_set():
             return
         try:
