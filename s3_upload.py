@@ -985,11 +985,19 @@ class Retrier:
                     raise
                 attempt += 1
                 self.retries += 1
-                delay = random.uniform(0, min(self.cap, self.base * 2 ** attempt))
+                delay = self.delay(attempt)
                 logger.warning('%s failed (%s); retry %d of %d in %.1fs', what, describe_error(error),
                                attempt, self.max_retry, delay)
-                if self.stop.wait(delay):
-                    raise Stopped() from None
+                self.sleep(delay)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number attempt (1, 2, ...): exponential backoff, full jitter."""
+        return random.uniform(0, min(self.cap, self.base * 2 ** attempt))
+
+    def sleep(self, seconds: float) -> None:
+        """Wait; raises Stopped if the run stops meanwhile."""
+        if self.stop.wait(seconds):
+            raise Stopped() from None
 
 
 def in_background(function: Callable[..., Any], *args: Any) -> Future:
@@ -3359,7 +3367,7 @@ class QuickPuts:
     the planner reads and hashes a file and hands it to the awscrt lane; the lane's completion callback
     proves and counts it. A file whose answer is not a plain success goes to a worker, to prove or redo."""
 
-    def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Sent]], None]) -> None:
+    def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Sent], bool], None]) -> None:
         self.engine = engine
         self.hand_over = hand_over
         self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
@@ -3402,6 +3410,7 @@ class QuickPuts:
         """The store's answer, on the lane's thread: a plain success ends the file here."""
         task = transfer.task
         sent: Optional[Sent] = None
+        throttled = False       # the worker waits the retrier's first backoff: the lane's try was the first
         try:
             if stored is None:
                 raise error or MalformedResponse('PutObject: no answer')
@@ -3416,9 +3425,10 @@ class QuickPuts:
         except Exception as failure:  # noqa: BLE001 - the worker sends it again, with the retrier's patience
             if is_retryable(failure):
                 self.engine.retrier.retries += 1
+                throttled = True
             logger.log(logging.WARNING if is_retryable(failure) else logging.DEBUG,
                        'PutObject %s failed (%s); a worker sends it again', task.key, describe_error(failure))
-        self._ended(task.key, room, then=lambda: self.hand_over(task, sent))
+        self._ended(task.key, room, then=lambda: self.hand_over(task, sent, throttled))
 
     def _ended(self, key: str, room: int, then: Optional[Callable[[], None]] = None) -> None:
         self.engine.memory.give(room)
@@ -3475,7 +3485,8 @@ class Engine:
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
-        quick = QuickPuts(self, lambda task, sent: self._hand_over(files, task, sent)) if QuickPuts.possible(self) else None
+        quick = QuickPuts(self, lambda task, sent, throttled: self._hand_over(files, task, sent, throttled)) \
+            if QuickPuts.possible(self) else None
         finished = threading.Event()
         if self.window:
             threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
@@ -3502,9 +3513,10 @@ class Engine:
             finished.set()
         return self.progress
 
-    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Sent]) -> None:
-        """A worker copies the file (or proves the PutObject of it already sent), then frees its turn."""
-        files.submit(self._run_file, task, sent).add_done_callback(lambda _: self.files.release())
+    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Sent], throttled: bool = False) -> None:
+        """A worker copies the file (or proves the PutObject of it already sent), then frees its turn;
+        throttled: a try of it just failed, so the worker waits the retrier's backoff first."""
+        files.submit(self._run_file, task, sent, throttled).add_done_callback(lambda _: self.files.release())
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
@@ -3565,10 +3577,12 @@ class Engine:
             return False
         return True
 
-    def _run_file(self, task: Task, sent: Optional[Sent] = None) -> None:
+    def _run_file(self, task: Task, sent: Optional[Sent] = None, throttled: bool = False) -> None:
         if self.stop.is_set():
             return
         try:
+            if throttled:
+                self.retrier.sleep(self.retrier.delay(1))
             FileTransfer(self, task).run(sent)
         except Stopped:
             pass

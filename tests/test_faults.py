@@ -99,6 +99,29 @@ def test_a_put_never_answered_is_cut_at_its_deadline_and_sent_again(seaweed, pro
     assert re.search(r'PutObject small\.txt failed \(.*PutObject: no answer in 2 s\); a worker sends it again', run.stderr)
 
 
+def test_small_files_the_lane_gives_up_on_are_sent_again_after_a_backoff(seaweed, proxy, tool, tmp_path):
+    """The first PutObject of each of 20 small files arrives corrupted (400 BadDigest, which awscrt does not
+    retry itself; 503 SlowDown and 400 RequestTimeout it retries with its own backoff): the worker that
+    takes each over waits the retrier's first backoff (full jitter over 0-1 s, 0.5 s on average) before
+    sending it again, as any retry does. Sent again at once, the second tries followed the first within
+    about 50 ms, all together."""
+    files = {f'f{n:02}.txt': random_bytes(1000, n) for n in range(20)}
+    rule = proxy.add('corrupt', 'PUT', r'/f\d\d\.txt$', times=20)
+    src = write_tree(tmp_path / 'src', files)
+    bucket = seaweed.bucket()
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, MaxRetry=5))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == files
+    assert rule.hits == 20
+    tries: dict = {}
+    for (method, target, _), arrived in zip(proxy.agents, proxy.arrivals):
+        if method == 'PUT' and target.endswith('.txt'):
+            tries.setdefault(target, []).append(arrived)
+    gaps = [times[1] - times[0] for times in tries.values() if len(times) > 1]
+    assert len(gaps) >= 15, tries
+    assert sum(gaps) / len(gaps) > 0.15, gaps
+
+
 PERMANENT = {
     '403 AccessDenied on UploadPart': ('PUT', r'multi\.bin\?.*partNumber=', 403, 'AccessDenied', 'AccessDenied'),
     '404 NoSuchBucket on PutObject': ('PUT', r'/small\.txt$', 404, 'NoSuchBucket', 'NoSuchBucket'),
