@@ -211,7 +211,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
     Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024), 'files in flight, at most (Concurrency = auto starts with what the round trip to the store needs)'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'), 'file data held in memory at once (parts and small files in flight), in MiB'),
-    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 256 MiB, the files in flight at 1,280/s x the round trip (at least 32), and both double while that raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from the start'),
+    Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'), 'auto: the data in flight starts at 2.5 GiB/s x the round trip (64 to 256 MiB), the files in flight at 1,280/s x the round trip (at least 32), and both double while that raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
@@ -2723,8 +2723,8 @@ class FileGate:
 
 
 class InFlightWindow:
-    """Concurrency = auto: the bytes in flight start at START, the files in flight at what the round trip
-    to the store needs (files_to_start); both double while a doubling pays (once the rate has settled,
+    """Concurrency = auto: the bytes and the files in flight start at what the round trip to the store
+    needs (bytes_to_start, files_to_start); both double while a doubling pays (once the rate has settled,
     it sends GAIN times more than before the doubling, like TCP slow start), up to MemoryLimit and
     MaxParallelFile. A step that does not pay is taken back and the window rests, to try again after
     REST seconds; transient errors halve it (down to a quarter of the start).
@@ -2733,9 +2733,11 @@ class InFlightWindow:
     or files back count, and only once the rate stops climbing at the window it has (connections still
     opening, TCP still in slow start)."""
 
-    START = 256 * MiB
+    START_BYTES = 64 * MiB              # file data in flight at the start when the store is near...
+    BYTES_PER_SECOND = 2560 * MiB       # ...and when it is far, as much as this rate needs (Little's law),
+    START_BYTES_FAR = 256 * MiB         # up to this (256 MiB at 100 ms)
     START_FILES = 32            # files in flight at the start when the store is near...
-    FILES_PER_SECOND = 1280     # ...and when it is far, as many as this rate needs (Little's law)
+    FILES_PER_SECOND = 1280     # ...and when it is far, as many as this rate needs
     GAIN = 1.15
     REST = 30.0
 
@@ -2745,6 +2747,7 @@ class InFlightWindow:
         self.files = files
         self.ceiling = ceiling
         self.files_ceiling = files_ceiling
+        self.start_bytes = self.bytes_to_start(round_trip)
         self.start_files = self.files_to_start(round_trip)
         self.clock = clock
         self.scale = 1.0                             # the window, in multiples of its start
@@ -2780,6 +2783,13 @@ class InFlightWindow:
             logger.debug('in flight: window grows to %s (%.0f MB/s)', self, rate / 1e6)
 
     @classmethod
+    def bytes_to_start(cls, round_trip: Optional[float]) -> int:
+        """A long fat link needs much in flight; a store sharing this machine's cores is faster with little."""
+        if round_trip is None:
+            return cls.START_BYTES_FAR
+        return min(cls.START_BYTES_FAR, max(cls.START_BYTES, int(cls.BYTES_PER_SECOND * round_trip)))
+
+    @classmethod
     def files_to_start(cls, round_trip: Optional[float]) -> int:
         """Each small file holds its slot for at least a round trip: a far store needs many at once."""
         return max(cls.START_FILES, int(cls.FILES_PER_SECOND * (round_trip or 0)))
@@ -2792,7 +2802,7 @@ class InFlightWindow:
 
     def _set(self, scale: float, rest: bool) -> None:
         self.scale = scale
-        self.memory.resize(min(self.ceiling, int(self.START * scale)))
+        self.memory.resize(min(self.ceiling, int(self.start_bytes * scale)))
         self.files.resize(max(1, min(self.files_ceiling, int(self.start_files * scale))))
         self.fresh = True
         if rest:

@@ -378,13 +378,13 @@ def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: 
     clock.now += 1
     memory.waited = limited
     window.tick(rate_mb * 1e6, errors)
-    return memory.limit / window.START
+    return memory.limit / window.start_bytes
 
 
 def test_window_doubles_while_throughput_rises_like_slow_start():
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(8 * InFlightWindow.START)
-    assert memory.limit == window.START
+    window, memory, clock = window_of(8 * InFlightWindow.START_BYTES_FAR)
+    assert memory.limit == window.start_bytes
     seen = [second(window, memory, clock, rate) for rate in (10, 10, 20, 20, 40, 40, 80)]
     # a second after each change is skipped; every doubling that paid is followed by the next one
     assert seen == [1, 2, 2, 4, 4, 8, 8]
@@ -392,7 +392,7 @@ def test_window_doubles_while_throughput_rises_like_slow_start():
 
 def test_window_steps_back_when_a_doubling_does_not_pay_and_tries_again_after_a_rest():
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(8 * InFlightWindow.START)
+    window, memory, clock = window_of(8 * InFlightWindow.START_BYTES_FAR)
     assert [second(window, memory, clock, rate) for rate in (70, 70, 70, 75)] == [1, 2, 2, 1]
     assert [second(window, memory, clock, 70) for _ in range(10)] == [1] * 10       # resting
     clock.now += window.REST
@@ -401,7 +401,7 @@ def test_window_steps_back_when_a_doubling_does_not_pay_and_tries_again_after_a_
 
 def test_window_grows_only_when_it_held_data_back_and_halves_on_errors():
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(8 * InFlightWindow.START)
+    window, memory, clock = window_of(8 * InFlightWindow.START_BYTES_FAR)
     assert [second(window, memory, clock, 10, limited=False) for _ in range(4)] == [1] * 4
     assert second(window, memory, clock, 10) == 2
     assert [second(window, memory, clock, 20, errors=True) for _ in range(5)] == [1, 0.5, 0.25, 0.25, 0.25]
@@ -410,7 +410,7 @@ def test_window_grows_only_when_it_held_data_back_and_halves_on_errors():
 def test_window_waits_while_the_rate_still_climbs_at_the_window_it_has():
     """Connections opening and TCP slow start raise the rate at any window: no doubling is decided then."""
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(8 * InFlightWindow.START)
+    window, memory, clock = window_of(8 * InFlightWindow.START_BYTES_FAR)
     assert [second(window, memory, clock, rate) for rate in (0, 1, 5, 20, 21)] == [1, 1, 1, 1, 2]
     # the doubling is judged once the rate settles (30 against 21: it paid), not while it climbs (20)
     assert [second(window, memory, clock, rate) for rate in (10, 20, 30, 30)] == [2, 2, 2, 4]
@@ -421,16 +421,16 @@ def test_a_doubling_up_to_the_ceiling_is_taken_back_when_it_does_not_pay(limited
     """At MemoryLimit and MaxParallelFile nothing waits for the window any more (the thread pool is the
     limit): whether the last doubling paid is still judged."""
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(2 * InFlightWindow.START, files=2 * InFlightWindow.START_FILES)
+    window, memory, clock = window_of(2 * InFlightWindow.START_BYTES_FAR, files=2 * InFlightWindow.START_FILES)
     assert [second(window, memory, clock, 20) for _ in range(3)] == [1, 2, 2]
-    assert (memory.limit, window.files.limit) == (2 * window.START, 2 * window.START_FILES)
+    assert (memory.limit, window.files.limit) == (2 * window.start_bytes, 2 * window.START_FILES)
     assert second(window, memory, clock, 20, limited=limited) == 1
     assert window.files.limit == window.START_FILES
 
 
 def test_window_never_exceeds_memory_limit():
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(InFlightWindow.START * 3 // 2)
+    window, memory, clock = window_of(InFlightWindow.START_BYTES_FAR * 3 // 2)
     assert [second(window, memory, clock, rate) for rate in (10, 10, 20, 20)] == [1, 1.5, 1.5, 1.5]
     small, memory, clock = window_of(16 * MiB)          # MemoryLimit below the start: the limit throughout
     assert memory.limit == 16 * MiB
@@ -439,9 +439,9 @@ def test_window_never_exceeds_memory_limit():
 def test_window_moves_the_files_in_flight_with_the_bytes_up_to_max_parallel_file():
     """Small files on a long link: the files gate, not the bytes, holds them back; those seconds count."""
     from s3_upload import InFlightWindow
-    window, memory, clock = window_of(2 * InFlightWindow.START, files=4 * InFlightWindow.START_FILES)
+    window, memory, clock = window_of(2 * InFlightWindow.START_BYTES_FAR, files=4 * InFlightWindow.START_FILES)
     files = window.files
-    assert (memory.limit, files.limit) == (window.START, window.START_FILES)
+    assert (memory.limit, files.limit) == (window.start_bytes, window.START_FILES)
 
     def files_second(rate_mb: float, errors: bool = False) -> float:
         clock.now += 1
@@ -450,7 +450,7 @@ def test_window_moves_the_files_in_flight_with_the_bytes_up_to_max_parallel_file
         return files.limit / window.START_FILES
 
     assert [files_second(rate) for rate in (1, 1, 2, 2, 4, 4)] == [1, 2, 2, 4, 4, 4]
-    assert memory.limit == 2 * window.START          # the bytes stopped at MemoryLimit, the files went on
+    assert memory.limit == 2 * window.start_bytes          # the bytes stopped at MemoryLimit, the files went on
     assert [files_second(4, errors=True) for _ in range(4)] == [2, 1, 0.5, 0.25]
 
 
@@ -458,6 +458,15 @@ def test_window_starts_with_as_many_files_as_the_round_trip_needs():
     from s3_upload import InFlightWindow
     assert InFlightWindow.files_to_start(None) == InFlightWindow.files_to_start(0.002) == InFlightWindow.START_FILES
     assert InFlightWindow.files_to_start(0.1) == 128 and InFlightWindow.files_to_start(0.25) == 320
+
+
+def test_window_starts_with_little_data_in_flight_when_the_store_is_near():
+    """A store on this machine's cores is faster with little in flight; a long link needs a lot (both grow)."""
+    from s3_upload import InFlightWindow
+    start = InFlightWindow.bytes_to_start
+    assert start(0.002) == start(0.02) == 64 * MiB
+    assert start(0.05) == 128 * MiB
+    assert start(0.1) == start(0.25) == start(None) == 256 * MiB       # unknown: as before the probe existed
 
 
 def test_file_gate_lets_limit_files_through_and_follows_resizes():
