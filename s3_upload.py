@@ -702,7 +702,8 @@ class CrtLane:
     Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's
-    SLOWEST = 4 * 1024      # bytes/s a PUT's body may crawl at (awscrt reports no progress for it) before it is cut
+    SLOWEST = 4 * 1024      # bytes/s a body may crawl at before a request no thread waits on is cut (PUTs: awscrt
+                            # reports no progress of their bodies)
     AGENT = f's3_upload/{__version__} awscrt'
 
     def __init__(self, client: Any, credentials: Any, verify_tls: bool, pool_size: int, timeout: int) -> None:
@@ -842,12 +843,54 @@ class CrtLane:
     def get(self, bucket: str, key: str, params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """GetObject, answered as botocore's get_object would (the body already read, in memory); None
         when botocore has to send this one. Raises botocore's errors."""
-        import botocore.awsrequest
-        import botocore.parsers
         headers = self.headers(params, 'GetObject')
         if headers is None:
             return None
-        answer, body = self._send('GetObject', 'GET', bucket, key, headers, None)
+        return self._get_response(*self._send('GetObject', 'GET', bucket, key, headers, None))
+
+    def get_async(self, bucket: str, key: str, params: Dict[str, Any], size: int,
+                  done: Callable[[Optional[Dict[str, Any]], Optional[BaseException]], None]) -> bool:
+        """Start a GetObject of an object of this size and return: awscrt's thread calls done(response, None),
+        the response as get gives it, or done(None, botocore's error). False (and no call) when botocore
+        has to send it. Cut at the deadline a PutObject of that size would have."""
+        import awscrt.s3
+        headers = self.headers(params, 'GetObject')
+        if headers is None:
+            return False
+        answer: Dict[str, str] = {}
+        body: List[bytes] = []
+
+        def on_headers(status_code: int, headers: List[Tuple[str, str]], **_: Any) -> None:
+            answer.update((name.lower(), value) for name, value in headers)
+
+        def on_body(chunk: bytes, **_: Any) -> None:
+            body.append(chunk)
+
+        def finished(future: Future) -> None:
+            late = self.deadlines.forget(future)
+            error = future.exception()
+            if error is not None:
+                done(None, TimeoutError(f'GetObject: no answer in {late:.0f} s') if late else
+                     self._botocore_error(error, 'GetObject'))
+                return
+            try:
+                response = self._get_response(answer, b''.join(body))
+            except Exception as failure:  # noqa: BLE001 - a malformed answer, to the caller like any error
+                done(None, failure)
+                return
+            done(response, None)
+
+        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name='GetObject',
+                                      request=self._request('GET', bucket, key, headers, None),
+                                      on_headers=on_headers, on_body=on_body)
+        self.deadlines.watch(handle.finished_future, handle.cancel, 2 * self.timeout + size / self.SLOWEST)
+        handle.finished_future.add_done_callback(finished)
+        return True
+
+    def _get_response(self, answer: Dict[str, str], body: bytes) -> Dict[str, Any]:
+        """A GetObject answer as botocore's get_object gives it, the body in memory."""
+        import botocore.awsrequest
+        import botocore.parsers
         shape = self.client.meta.service_model.operation_model('GetObject').output_shape
         response = botocore.parsers.RestXMLParser(timestamp_parser=parse_timestamp).parse(
             {'status_code': 200, 'headers': botocore.awsrequest.HeadersDict(answer), 'body': b''}, shape)
@@ -1455,9 +1498,13 @@ class S3Source:
                 response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **params)
         except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
             raise self._translate(error) from None
+        self._check_pin(obj, response)
+        return response
+
+    @staticmethod
+    def _check_pin(obj: SourceObject, response: Dict[str, Any]) -> None:
         if obj.version and response.get('ETag') and clean_etag(response['ETag']) != clean_etag(obj.version):
             raise SourceChanged('source object was overwritten during the copy')   # If-Match ignored
-        return response
 
     @staticmethod
     def _translate(error: BaseException) -> BaseException:
@@ -1511,11 +1558,36 @@ class S3Source:
         return self._info(head, obj.location)
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
-        response = self._get(obj, ChecksumMode='ENABLED')
+        return self._fetched(obj, self._get(obj, ChecksumMode='ENABLED'))
+
+    def _fetched(self, obj: SourceObject, response: Dict[str, Any]) -> Tuple[bytes, Info]:
         data = response['Body'].read()
         if len(data) != obj.size:
             raise IOError(f'short read from source: {len(data)} of {obj.size} bytes')
         return data, self._info(response, obj.location)
+
+    def fetch_async(self, obj: SourceObject,
+                    done: Callable[[Optional[Tuple[bytes, Info]], Optional[BaseException]], None]) -> bool:
+        """Start what fetch() does and return: awscrt's thread calls done((data, info), None) or done(None,
+        the error fetch() would raise). False (and no call) when fetch() has to do it: no CRT lane, an
+        object above its size, or tags to read (another request)."""
+        lane: Optional[CrtLane] = getattr(self.client, 'crt_lane', None)
+        if lane is None or obj.size > lane.MAX_BODY or self.tags:
+            return False
+        pin = {'IfMatch': obj.version} if obj.version else {}
+
+        def answered(response: Optional[Dict[str, Any]], error: Optional[BaseException]) -> None:
+            try:
+                if response is None:
+                    raise self._translate(error or IOError('GetObject: no answer'))
+                self._check_pin(obj, response)
+                fetched = self._fetched(obj, response)
+            except Exception as failure:  # noqa: BLE001 - to the caller, as fetch() would raise it
+                done(None, failure)
+                return
+            done(fetched, None)
+        return lane.get_async(self.bucket, obj.location, {**pin, **self.extra, 'ChecksumMode': 'ENABLED'}, obj.size,
+                              answered)
 
     def current(self, obj: SourceObject) -> SourceObject:
         try:
@@ -2907,15 +2979,19 @@ class FileTransfer:
 
     def prepare_put(self) -> SmallPut:
         """Read the whole file and make what its PutObject sends (waits for the bandwidth limit)."""
-        obj, key, destination = self.task.source, self.task.key, self.destination
-        data, info = self.retry(f'read {key}', self.source.fetch, obj)
+        put = self.put_of(*self.retry(f'read {self.task.key}', self.source.fetch, self.task.source))
+        self.engine.limiter.take(len(put.data))
+        return put
+
+    def put_of(self, data: bytes, info: Info) -> SmallPut:
+        """What the PutObject of the file's bytes, as read, sends."""
+        destination = self.destination
         if info.whole and info.whole.compute(data) != info.whole.expected:
             raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
         vouched = info.md5 if self.engine.source_md5.enabled else None
         checksum = destination.checksum.of(data) if destination.checksum else None
         by_checksum = vouched is None and checksum is not None and self.engine.checksum_instead.enabled
         md5 = vouched or (None if by_checksum else md5_of(data))
-        self.engine.limiter.take(len(data))
         return SmallPut(data, info, md5, vouched is not None, checksum, destination.object_args(info, self.stamp(0)))
 
     def stored(self, put: SmallPut, etag: str, echo: str) -> str:
@@ -2962,10 +3038,15 @@ class FileTransfer:
         try:
             return self.destination.put(self.task.key, put.data, put.md5, put.args, put.checksum)
         except Exception as error:  # noqa: BLE001 - BadDigest sorted out, the rest to the retrier
-            if put.vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(put.data) != put.md5:
-                self.engine.source_md5.disable('the destination refused bytes under the source\'s MD5')
-                raise RestartFile('data read does not match the source\'s ETag') from None
+            self.check_refusal(put, error)
             raise
+
+    def check_refusal(self, put: SmallPut, error: BaseException) -> None:
+        """Raises RestartFile if the store refused bytes under the source's MD5 that are not what the source
+        stated (and from now on they are hashed here)."""
+        if put.vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(put.data) != put.md5:
+            self.engine.source_md5.disable('the destination refused bytes under the source\'s MD5')
+            raise RestartFile('data read does not match the source\'s ETag') from None
 
     def _copy_object(self) -> str:
         """CopyObject inside the store: no bytes through this machine."""
@@ -3373,23 +3454,29 @@ class MultipartCopy:
 
 
 class QuickPuts:
-    """Small files of a source that reads without round trips (a local disk), sent without a thread each:
-    the planner reads and hashes a file and hands it to the awscrt lane; the lane's completion callback
-    proves and counts it. A file whose answer is not a plain success goes to a worker, to prove or redo."""
+    """Small files sent without a thread each: the planner reads a file from a source that reads without
+    round trips (a local disk), or starts its GET through the source's awscrt lane (an S3 source), and
+    the bytes go to the destination's awscrt lane; that lane's completion callback proves and counts the
+    file. A file whose read or answer is not a plain success goes to a worker, to prove or redo."""
 
     def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Sent], bool], None]) -> None:
         self.engine = engine
         self.hand_over = hand_over
         self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
+        self.reads_locally = getattr(engine.source, 'reads_locally', False)
         self.in_flight = 0
         self.idle = threading.Condition()
 
     @staticmethod
     def possible(engine: 'Engine') -> bool:
-        return engine.destination.lane is not None and getattr(engine.source, 'reads_locally', False)
+        """A destination lane, and a source that reads locally or without a thread (no bandwidth limit: its
+        wait would stall the source lane's thread)."""
+        reads_async = hasattr(engine.source, 'fetch_async') and engine.limiter.rate <= 0
+        return engine.destination.lane is not None and (getattr(engine.source, 'reads_locally', False) or reads_async)
 
     def send(self, task: Task) -> bool:
-        """Start the file's PutObject; False (nothing started) when a worker has to copy it."""
+        """Start the file's PutObject (or the GET before it); False (nothing started) when a worker has to
+        copy it."""
         engine, obj = self.engine, task.source
         if (task.action != 'send' or obj.size > self.largest or engine.server_side.enabled
                 or engine.destination.indexed_uploads(task.key)):
@@ -3400,9 +3487,10 @@ class QuickPuts:
         with self.idle:
             self.in_flight += 1
         try:
-            put = transfer.prepare_put()
-            if engine.destination.put_async(task.key, put.data, put.md5, put.args, put.checksum,
-                                            lambda stored, error: self._answered(transfer, put, room, stored, error)):
+            if self.reads_locally:
+                if self._put(transfer, transfer.prepare_put(), room):
+                    return True
+            elif engine.source.fetch_async(obj, lambda fetched, error: self._fetched(transfer, room, fetched, error)):
                 return True
         except Exception as error:  # noqa: BLE001 - the worker meets it again and deals with it
             logger.debug('%s: %s; a worker copies it', task.key, describe_error(error))
@@ -3410,35 +3498,61 @@ class QuickPuts:
         return False
 
     def drain(self) -> None:
-        """Wait until every PutObject started has its answer (the lane's deadlines see that they all do)."""
+        """Wait until every file started has its answer (the lanes' deadlines see that they all do)."""
         with self.idle:
             while self.in_flight:
                 self.idle.wait()
+
+    def _put(self, transfer: FileTransfer, put: SmallPut, room: int) -> bool:
+        return self.engine.destination.put_async(
+            transfer.task.key, put.data, put.md5, put.args, put.checksum,
+            lambda stored, error: self._answered(transfer, put, room, stored, error))
+
+    def _fetched(self, transfer: FileTransfer, room: int, fetched: Optional[Tuple[bytes, Info]],
+                 error: Optional[BaseException]) -> None:
+        """The source's answer, on its lane's thread: the bytes go on to the destination's lane."""
+        try:
+            if fetched is None:
+                raise error or IOError('GetObject: no answer')
+            if self._put(transfer, transfer.put_of(*fetched), room):
+                return
+        except Exception as failure:  # noqa: BLE001 - the worker reads it again, with the retrier's patience
+            self._to_worker(transfer.task, room, 'GetObject', failure)
+            return
+        self._to_worker(transfer.task, room, 'GetObject')      # the destination's lane cannot send this one
 
     def _answered(self, transfer: FileTransfer, put: SmallPut, room: int, stored: Optional[Tuple[str, str]],
                   error: Optional[BaseException]) -> None:
         """The store's answer, on the lane's thread: a plain success ends the file here."""
         task = transfer.task
-        sent: Optional[Sent] = None
-        throttled = False       # the worker waits the retrier's first backoff: the lane's try was the first
         try:
             if stored is None:
-                raise error or MalformedResponse('PutObject: no answer')
+                failure = error or MalformedResponse('PutObject: no answer')
+                transfer.check_refusal(put, failure)
+                raise failure
             how = transfer.proven(put, *stored)
-            if how is not None:
-                transfer.count(put)
-                transfer.finished(how)
-                return self._ended(task.key, room, then=self.engine.files.release)
-            sent = (put, *stored)         # a worker checks the size with a HEAD
-        except RestartFile as change:
-            logger.warning('%s: %s; starting this file again', task.key, change)
         except Exception as failure:  # noqa: BLE001 - the worker sends it again, with the retrier's patience
-            if is_retryable(failure):
+            self._to_worker(task, room, 'PutObject', failure)
+            return
+        if how is None:
+            self._to_worker(task, room, 'PutObject', sent=(put, *stored))      # a worker checks the size with a HEAD
+            return
+        transfer.count(put)
+        transfer.finished(how)
+        self._ended(task.key, room, then=self.engine.files.release)
+
+    def _to_worker(self, task: Task, room: int, what: str, failure: Optional[BaseException] = None,
+                   sent: Optional[Sent] = None) -> None:
+        """A worker takes the file over; after a transient failure, it first waits the retrier's backoff."""
+        after_failure = failure is not None and is_retryable(failure)
+        if isinstance(failure, RestartFile):
+            logger.warning('%s: %s; starting this file again', task.key, failure)
+        elif failure is not None:
+            if after_failure:
                 self.engine.retrier.retries += 1
-                throttled = True
-            logger.log(logging.WARNING if is_retryable(failure) else logging.DEBUG,
-                       'PutObject %s failed (%s); a worker sends it again', task.key, describe_error(failure))
-        self._ended(task.key, room, then=lambda: self.hand_over(task, sent, throttled))
+            logger.log(logging.WARNING if after_failure else logging.DEBUG, '%s %s failed (%s); a worker sends it '
+                       'again', what, task.key, describe_error(failure))
+        self._ended(task.key, room, then=lambda: self.hand_over(task, sent, after_failure))
 
     def _ended(self, key: str, room: int, then: Optional[Callable[[], None]] = None) -> None:
         self.engine.memory.give(room)
@@ -3495,8 +3609,7 @@ class Engine:
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
-        quick = QuickPuts(self, lambda task, sent, throttled: self._hand_over(files, task, sent, throttled)) \
-            if QuickPuts.possible(self) else None
+        quick = QuickPuts(self, lambda *handed: self._hand_over(files, *handed)) if QuickPuts.possible(self) else None
         finished = threading.Event()
         if self.window:
             threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
@@ -3523,10 +3636,11 @@ class Engine:
             finished.set()
         return self.progress
 
-    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Sent], throttled: bool = False) -> None:
+    def _hand_over(self, files: ThreadPoolExecutor, task: Task, sent: Optional[Sent],
+                   after_failure: bool = False) -> None:
         """A worker copies the file (or proves the PutObject of it already sent), then frees its turn;
-        throttled: a try of it just failed, so the worker waits the retrier's backoff first."""
-        files.submit(self._run_file, task, sent, throttled).add_done_callback(lambda _: self.files.release())
+        after_failure: a try of it just failed, so the worker waits the retrier's first backoff."""
+        files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.files.release())
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
@@ -3587,11 +3701,11 @@ class Engine:
             return False
         return True
 
-    def _run_file(self, task: Task, sent: Optional[Sent] = None, throttled: bool = False) -> None:
+    def _run_file(self, task: Task, sent: Optional[Sent] = None, after_failure: bool = False) -> None:
         if self.stop.is_set():
             return
         try:
-            if throttled:
+            if after_failure:
                 self.retrier.sleep(self.retrier.delay(1))
             FileTransfer(self, task).run(sent)
         except Stopped:

@@ -646,3 +646,31 @@ def test_small_local_files_are_finished_by_the_lanes_answers_not_a_thread_each(u
         assert not any(thread.startswith('file') for thread in small), small
     else:
         assert all(thread.startswith('file') for thread in small), small
+
+
+@pytest.mark.parametrize('use_crt', ['auto', 'never'])
+def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seaweed, moto, tool):
+    """S3 -> S3 between two stores: the planner starts a small object's GET on the source's awscrt lane, its
+    answer starts the PUT on the destination's, and that answer proves and counts the object; no worker
+    thread carries it. A multipart object is a worker's; without the lanes the workers do it all. Every
+    byte is the source's, each object verified."""
+    import re
+    objects = {f'd{i % 5}/o{i:03d}': random_bytes(i * 53, i) for i in range(120)}
+    objects['big.bin'] = random_bytes(6 * MiB, 2)
+    src, dst = seaweed.bucket('src'), moto.bucket()
+    for key, body in objects.items():
+        seaweed.client().put_object(Bucket=src, Key=key, Body=body)
+    run = tool.run(s3_to_s3(seaweed, src, moto, dst, LoggingLevel='DEBUG', ChunkSize=5, ResumableThreshold=5,
+                            UseCRT=use_crt))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(moto, dst) == objects
+    assert run.report['files_transferred'] == len(objects) and sum(run.report['verified_by'].values()) == len(objects)
+    log = '\n'.join(path.read_text() for path in (tool.folder / 'log').glob('s3_upload-*.log'))
+    done_by = {key: thread for thread, key in re.findall(r' (?:DEBUG|INFO) (\S+) done (\S+) \(', log)}
+    assert set(done_by) == set(objects)
+    assert done_by['big.bin'].startswith('file')
+    small = [thread for key, thread in done_by.items() if key != 'big.bin']
+    if use_crt == 'auto':
+        assert not any(thread.startswith('file') for thread in small), small
+    else:
+        assert all(thread.startswith('file') for thread in small), small
