@@ -814,30 +814,15 @@ class CrtLane:
                   done: Callable[[Optional[Dict[str, str]], Optional[BaseException]], None]) -> bool:
         """Start a PutObject and return: awscrt's thread calls done(answer, None), the answer as put gives
         it, or done(None, botocore's error) when it ends. False (and no call) when botocore has to send it."""
-        import awscrt.s3
         headers = self.headers(params)
         if headers is None:
             return False
-        answer: Dict[str, str] = {}
 
-        def on_headers(status_code: int, headers: List[Tuple[str, str]], **_: Any) -> None:
-            answer.update((name.lower(), value) for name, value in headers)
-
-        def finished(future: Future) -> None:
-            late = self.deadlines.forget(future)
-            error = future.exception()
-            if error is not None:
-                done(None, TimeoutError(f'PutObject: no answer in {late:.0f} s') if late else
-                     self._botocore_error(error, 'PutObject'))
-            else:
-                done({name: answer[header] for header, name in self.put_answer.items() if header in answer}, None)
-
-        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name='PutObject',
-                                      request=self._request('PUT', bucket, key, [('Content-Length', str(len(data))),
-                                                                                 *headers], data),
-                                      on_headers=on_headers)
-        self.deadlines.watch(handle.finished_future, handle.cancel, 2 * self.timeout + len(data) / self.SLOWEST)
-        handle.finished_future.add_done_callback(finished)
+        def answered(reply: Optional[Tuple[Dict[str, str], bytes]], error: Optional[BaseException]) -> None:
+            done(None if reply is None else {name: reply[0][header] for header, name in self.put_answer.items()
+                                             if header in reply[0]}, error)
+        self._start('PutObject', 'PUT', bucket, key, [('Content-Length', str(len(data))), *headers], data,
+                    len(data), answered)
         return True
 
     def get(self, bucket: str, key: str, params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -852,11 +837,26 @@ class CrtLane:
                   done: Callable[[Optional[Dict[str, Any]], Optional[BaseException]], None]) -> bool:
         """Start a GetObject of an object of this size and return: awscrt's thread calls done(response, None),
         the response as get gives it, or done(None, botocore's error). False (and no call) when botocore
-        has to send it. Cut at the deadline a PutObject of that size would have."""
-        import awscrt.s3
+        has to send it."""
         headers = self.headers(params, 'GetObject')
         if headers is None:
             return False
+
+        def answered(reply: Optional[Tuple[Dict[str, str], bytes]], error: Optional[BaseException]) -> None:
+            try:
+                response = None if reply is None else self._get_response(*reply)
+            except Exception as failure:  # noqa: BLE001 - a malformed answer, to the caller like any error
+                response, error = None, failure
+            done(response, error)
+        self._start('GetObject', 'GET', bucket, key, headers, None, size, answered)
+        return True
+
+    def _start(self, operation: str, method: str, bucket: str, key: str, headers: List[Tuple[str, str]],
+               data: Optional[bytes], size: int,
+               done: Callable[[Optional[Tuple[Dict[str, str], bytes]], Optional[BaseException]], None]) -> None:
+        """One request no thread waits on: awscrt's thread calls done((answer headers by lower-case name,
+        answer body), None) or done(None, botocore's error); cut at the deadline of a body of size bytes."""
+        import awscrt.s3
         answer: Dict[str, str] = {}
         body: List[bytes] = []
 
@@ -870,22 +870,16 @@ class CrtLane:
             late = self.deadlines.forget(future)
             error = future.exception()
             if error is not None:
-                done(None, TimeoutError(f'GetObject: no answer in {late:.0f} s') if late else
-                     self._botocore_error(error, 'GetObject'))
-                return
-            try:
-                response = self._get_response(answer, b''.join(body))
-            except Exception as failure:  # noqa: BLE001 - a malformed answer, to the caller like any error
-                done(None, failure)
-                return
-            done(response, None)
+                done(None, TimeoutError(f'{operation}: no answer in {late:.0f} s') if late else
+                     self._botocore_error(error, operation))
+            else:
+                done((answer, b''.join(body)), None)
 
-        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name='GetObject',
-                                      request=self._request('GET', bucket, key, headers, None),
+        handle = self.s3.make_request(type=awscrt.s3.S3RequestType.DEFAULT, operation_name=operation,
+                                      request=self._request(method, bucket, key, headers, data),
                                       on_headers=on_headers, on_body=on_body)
         self.deadlines.watch(handle.finished_future, handle.cancel, 2 * self.timeout + size / self.SLOWEST)
         handle.finished_future.add_done_callback(finished)
-        return True
 
     def _get_response(self, answer: Dict[str, str], body: bytes) -> Dict[str, Any]:
         """A GetObject answer as botocore's get_object gives it, the body in memory."""

@@ -623,12 +623,24 @@ def files_at_the_start(tool) -> int:
     return int(re.search(r'in flight: .* in (\d+) files at the start', log).group(1))
 
 
+def assert_small_ones_finished_without_a_worker(tool, keys, without: bool) -> None:
+    """From the run's DEBUG log: every key was finished, big.bin (multipart) by a worker thread, the others
+    by the lanes' answers (without a worker) or all by workers."""
+    import re
+    log = '\n'.join(path.read_text() for path in (tool.folder / 'log').glob('s3_upload-*.log'))
+    done_by = {key: thread for thread, key in re.findall(r' (?:DEBUG|INFO) (\S+) done (\S+) \(', log)}
+    assert set(done_by) == set(keys)
+    assert done_by['big.bin'].startswith('file')
+    small = [thread for key, thread in done_by.items() if key != 'big.bin']
+    assert not any(thread.startswith('file') for thread in small) if without else \
+        all(thread.startswith('file') for thread in small), small
+
+
 @pytest.mark.parametrize('use_crt', ['auto', 'never'])
 def test_small_local_files_are_finished_by_the_lanes_answers_not_a_thread_each(use_crt, seaweed, tool, tmp_path):
     """Through the awscrt lane the planner reads a small file and hands it on; the lane's answer proves and
     counts it (on awscrt's thread): no worker thread carries it. Without the lane the workers do it all.
     Either way every byte arrives and each file is verified."""
-    import re
     files = {f'd{i % 7}/f{i:03d}.txt': random_bytes(i * 37, i) for i in range(300)}
     files['big.bin'] = random_bytes(6 * MiB, 1)
     bucket = seaweed.bucket()
@@ -637,15 +649,7 @@ def test_small_local_files_are_finished_by_the_lanes_answers_not_a_thread_each(u
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == files
     assert run.report['files_transferred'] == len(files) and sum(run.report['verified_by'].values()) == len(files)
-    log = '\n'.join(path.read_text() for path in (tool.folder / 'log').glob('s3_upload-*.log'))
-    done_by = {key: thread for thread, key in re.findall(r' (?:DEBUG|INFO) (\S+) done (\S+) \(', log)}
-    assert set(done_by) == set(files)
-    assert done_by['big.bin'].startswith('file')                  # multipart: a worker's
-    small = [thread for key, thread in done_by.items() if key != 'big.bin']
-    if use_crt == 'auto':
-        assert not any(thread.startswith('file') for thread in small), small
-    else:
-        assert all(thread.startswith('file') for thread in small), small
+    assert_small_ones_finished_without_a_worker(tool, files, use_crt == 'auto')
 
 
 @pytest.mark.parametrize('use_crt', ['auto', 'never'])
@@ -654,7 +658,6 @@ def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seawee
     answer starts the PUT on the destination's, and that answer proves and counts the object; no worker
     thread carries it. A multipart object is a worker's; without the lanes the workers do it all. Every
     byte is the source's, each object verified."""
-    import re
     objects = {f'd{i % 5}/o{i:03d}': random_bytes(i * 53, i) for i in range(120)}
     objects['big.bin'] = random_bytes(6 * MiB, 2)
     src, dst = seaweed.bucket('src'), moto.bucket()
@@ -665,12 +668,4 @@ def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seawee
     assert run.code == 0, run.stderr
     assert bucket_contents(moto, dst) == objects
     assert run.report['files_transferred'] == len(objects) and sum(run.report['verified_by'].values()) == len(objects)
-    log = '\n'.join(path.read_text() for path in (tool.folder / 'log').glob('s3_upload-*.log'))
-    done_by = {key: thread for thread, key in re.findall(r' (?:DEBUG|INFO) (\S+) done (\S+) \(', log)}
-    assert set(done_by) == set(objects)
-    assert done_by['big.bin'].startswith('file')
-    small = [thread for key, thread in done_by.items() if key != 'big.bin']
-    if use_crt == 'auto':
-        assert not any(thread.startswith('file') for thread in small), small
-    else:
-        assert all(thread.startswith('file') for thread in small), small
+    assert_small_ones_finished_without_a_worker(tool, objects, use_crt == 'auto')
