@@ -1481,8 +1481,7 @@ class S3Source:
     def _get(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
         """GetObject pinned to the listed ETag (If-Match, and the answer's ETag checked too); small whole
         objects through the client's CRT lane, if it has one."""
-        pin = {'IfMatch': obj.version} if obj.version else {}
-        params = {**pin, **self.extra, **args}
+        params = self._pinned(obj, **args)
         lane: Optional[CrtLane] = getattr(self.client, 'crt_lane', None)
         try:
             response = None
@@ -1494,6 +1493,10 @@ class S3Source:
             raise self._translate(error) from None
         self._check_pin(obj, response)
         return response
+
+    def _pinned(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
+        """A request's parameters for this object, pinned to its listed ETag."""
+        return {**({'IfMatch': obj.version} if obj.version else {}), **self.extra, **args}
 
     @staticmethod
     def _check_pin(obj: SourceObject, response: Dict[str, Any]) -> None:
@@ -1543,18 +1546,17 @@ class S3Source:
         return info
 
     def info(self, obj: SourceObject) -> Info:
-        pin = {'IfMatch': obj.version} if obj.version else {}
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=obj.location, ChecksumMode='ENABLED',
-                                           **pin, **self.extra)
+            head = self.client.head_object(Bucket=self.bucket, Key=obj.location,
+                                           **self._pinned(obj, ChecksumMode='ENABLED'))
         except Exception as error:  # noqa: BLE001
             raise self._translate(error) from None
         return self._info(head, obj.location)
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
-        return self._fetched(obj, self._get(obj, ChecksumMode='ENABLED'))
+        return self._body_and_info(obj, self._get(obj, ChecksumMode='ENABLED'))
 
-    def _fetched(self, obj: SourceObject, response: Dict[str, Any]) -> Tuple[bytes, Info]:
+    def _body_and_info(self, obj: SourceObject, response: Dict[str, Any]) -> Tuple[bytes, Info]:
         data = response['Body'].read()
         if len(data) != obj.size:
             raise IOError(f'short read from source: {len(data)} of {obj.size} bytes')
@@ -1568,19 +1570,18 @@ class S3Source:
         lane: Optional[CrtLane] = getattr(self.client, 'crt_lane', None)
         if lane is None or obj.size > lane.MAX_BODY or self.tags:
             return False
-        pin = {'IfMatch': obj.version} if obj.version else {}
 
         def answered(response: Optional[Dict[str, Any]], error: Optional[BaseException]) -> None:
             try:
                 if response is None:
                     raise self._translate(error or IOError('GetObject: no answer'))
                 self._check_pin(obj, response)
-                fetched = self._fetched(obj, response)
+                fetched = self._body_and_info(obj, response)
             except Exception as failure:  # noqa: BLE001 - to the caller, as fetch() would raise it
                 done(None, failure)
                 return
             done(fetched, None)
-        return lane.get_async(self.bucket, obj.location, {**pin, **self.extra, 'ChecksumMode': 'ENABLED'}, obj.size,
+        return lane.get_async(self.bucket, obj.location, self._pinned(obj, ChecksumMode='ENABLED'), obj.size,
                               answered)
 
     def current(self, obj: SourceObject) -> SourceObject:
