@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Planning at scale: 100,000 source files against a 100,000-key destination.
+"""Planning at scale: 100,000 source files or keys against a 100,000-key destination.
 
-    python3 bench/planning.py
+    python3 bench/planning.py                 # local files -> rclone serve s3
+    python3 bench/planning.py --source s3     # keys in a SeaweedFS bucket (other credentials) -> rclone serve s3
 
 The destination already holds half of the source (same key and size) plus 50,000 keys the source does not
 have; the other 50,000 source files, interleaved in key order, must be sent. Measured: the time from start
@@ -12,6 +13,7 @@ per-file lines).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import subprocess
@@ -27,6 +29,9 @@ COUNT = 100_000
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--source', choices=('local', 's3'), default='local')
+    source_kind = parser.parse_args().source
     bench.ensure_tools()
     workdir = Path(tempfile.gettempdir()) / 's3_upload-bench'
     source = workdir / 'planning-source'
@@ -39,17 +44,26 @@ def main() -> int:
             (source / f'{i:06d}.txt').write_bytes(body)
             (present / (f'{i:06d}.txt' if i % 2 == 0 else f'{i:06d}.other')).write_bytes(body)
     server = bench.Server('rclone', workdir)
+    source_server = bench.Server('seaweed', workdir) if source_kind == 's3' else None
     log_dir = workdir / 'planning-log'
     try:
         bucket = server.bucket()
         print(f'filling the destination with {COUNT:,} keys ...', flush=True)
         bench.upload_folder(server, bucket, present, workdir, 'p/')
+        if source_server:
+            source_bucket = source_server.bucket()
+            print(f'filling the source bucket with {COUNT:,} keys ...', flush=True)
+            bench.upload_folder(source_server, source_bucket, source, workdir, 'p/')
+            source_settings = ['JobType=S3_TO_S3', 'SrcProfileName=other', f'SrcEndPointURL={source_server.endpoint}',
+                               f'SrcBucket={source_bucket}', 'SrcPrefix=p']
+        else:
+            source_settings = ['JobType=LOCAL_TO_S3', f'SrcDir={source}']
         env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
         env.update(bench.aws_files(workdir))
-        command = [sys.executable, str(bench.TOOL), '--nogui', '--config', str(bench.ROOT / 's3_upload_config.ini'),
-                   '--set', 'JobType=LOCAL_TO_S3', '--set', 'DesProfileName=main', '--set',
-                   f'DesEndPointURL={server.endpoint}', '--set', f'DesBucket={bucket}', '--set', 'S3Prefix=p',
-                   '--set', f'SrcDir={source}', '--set', f'LogDir={log_dir}', '--set', 'LoggingLevel=DEBUG']
+        command = [sys.executable, str(bench.TOOL), '--nogui', '--config', str(bench.ROOT / 's3_upload_config.ini')]
+        for setting in [*source_settings, 'DesProfileName=main', f'DesEndPointURL={server.endpoint}',
+                        f'DesBucket={bucket}', 'S3Prefix=p', f'LogDir={log_dir}', 'LoggingLevel=DEBUG']:
+            command += ['--set', setting]
         logs_before = set(log_dir.glob('*.log')) if log_dir.exists() else set()
         started = time.time()
         wall, cpu, rss, code = bench.run_measured(command, env)
@@ -61,11 +75,13 @@ def main() -> int:
         objects = sum(1 for line in listed.splitlines() if line.strip())
     finally:
         server.stop()
-    print('\n| source keys | destination keys | to send | first PutObject after | total | peak RSS | exit | '
+        if source_server:
+            source_server.stop()
+    print('\n| source | source keys | destination keys | to send | first object done after | total | peak RSS | exit | '
           'objects after |')
-    print('|---:|---:|---:|---:|---:|---:|---:|---:|')
-    print(f'| {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | {wall:.1f} s | {rss:.0f} MiB | {code} | '
-          f'{objects:,} |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    print(f'| {source_kind} | {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | {wall:.1f} s | {rss:.0f} MiB | '
+          f'{code} | {objects:,} |')
     return 0 if code == 0 and objects == COUNT + COUNT // 2 else 1
 
 
