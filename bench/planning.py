@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Planning at scale: 100,000 source files or keys against a 100,000-key destination.
 
-    python3 bench/planning.py                 # local files -> rclone serve s3
-    python3 bench/planning.py --source s3     # keys in a SeaweedFS bucket (other credentials) -> rclone serve s3
+    python3 bench/planning.py                                 # local files -> rclone serve s3
+    python3 bench/planning.py --source s3 --server seaweed    # keys in a bucket -> another bucket, other credentials
 
 The destination already holds half of the source (same key and size) plus 50,000 keys the source does not
 have; the other 50,000 source files, interleaved in key order, must be sent. Measured: the time from start
@@ -31,7 +31,10 @@ COUNT = 100_000
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--source', choices=('local', 's3'), default='local')
-    source_kind = parser.parse_args().source
+    parser.add_argument('--server', choices=('rclone', 'seaweed'), default='rclone',
+                        help='the destination store (an S3 source is a bucket on a SeaweedFS of its own)')
+    arguments = parser.parse_args()
+    source_kind = arguments.source
     bench.ensure_tools()
     workdir = Path(tempfile.gettempdir()) / 's3_upload-bench'
     source = workdir / 'planning-source'
@@ -43,8 +46,8 @@ def main() -> int:
             body = f'{i:06d}\n'.encode() * 10
             (source / f'{i:06d}.txt').write_bytes(body)
             (present / (f'{i:06d}.txt' if i % 2 == 0 else f'{i:06d}.other')).write_bytes(body)
-    server = bench.Server('rclone', workdir)
-    source_server = bench.Server('seaweed', workdir) if source_kind == 's3' else None
+    server = bench.Server(arguments.server, workdir)
+    source_server = bench.Server('seaweed', workdir) if source_kind == 's3' else None    # another endpoint
     log_dir = workdir / 'planning-log'
     try:
         bucket = server.bucket()
@@ -66,7 +69,7 @@ def main() -> int:
             command += ['--set', setting]
         logs_before = set(log_dir.glob('*.log')) if log_dir.exists() else set()
         started = time.time()
-        wall, cpu, rss, code = bench.run_measured(command, env)
+        wall, cpu, rss, code = bench.run_measured(command, env, kill_after=3600)   # the store's time, at 150,000 keys
         first = first_done(set(log_dir.glob('*.log')) - logs_before) - started
         listed = subprocess.run(['s5cmd', '--endpoint-url', server.endpoint, 'ls', f's3://{bucket}/p/*'],
                                 capture_output=True, text=True, env={**env, 'AWS_ACCESS_KEY_ID': bench.KEYS['main'][0],
@@ -77,11 +80,11 @@ def main() -> int:
         server.stop()
         if source_server:
             source_server.stop()
-    print('\n| source | source keys | destination keys | to send | first object done after | total | peak RSS | exit | '
-          'objects after |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
-    print(f'| {source_kind} | {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | {wall:.1f} s | {rss:.0f} MiB | '
-          f'{code} | {objects:,} |')
+    print('\n| source | destination | source keys | destination keys | to send | first object done after | total | '
+          'peak RSS | exit | objects after |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    print(f'| {source_kind} | {arguments.server} | {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | '
+          f'{wall:.1f} s | {rss:.0f} MiB | {code} | {objects:,} |')
     return 0 if code == 0 and objects == COUNT + COUNT // 2 else 1
 
 
