@@ -34,7 +34,6 @@ def main() -> int:
     parser.add_argument('--server', choices=('rclone', 'seaweed'), default='rclone',
                         help='the destination store (an S3 source is a bucket on a SeaweedFS of its own)')
     arguments = parser.parse_args()
-    source_kind = arguments.source
     bench.ensure_tools()
     workdir = Path(tempfile.gettempdir()) / 's3_upload-bench'
     source = workdir / 'planning-source'
@@ -47,7 +46,7 @@ def main() -> int:
             (source / f'{i:06d}.txt').write_bytes(body)
             (present / (f'{i:06d}.txt' if i % 2 == 0 else f'{i:06d}.other')).write_bytes(body)
     server = bench.Server(arguments.server, workdir)
-    source_server = bench.Server('seaweed', workdir) if source_kind == 's3' else None    # another endpoint
+    source_server = bench.Server('seaweed', workdir) if arguments.source == 's3' else None    # another endpoint
     log_dir = workdir / 'planning-log'
     try:
         bucket = server.bucket()
@@ -83,7 +82,7 @@ def main() -> int:
     print('\n| source | destination | source keys | destination keys | to send | first object done after | total | '
           'peak RSS | exit | objects after |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
-    print(f'| {source_kind} | {arguments.server} | {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | '
+    print(f'| {arguments.source} | {arguments.server} | {COUNT:,} | {COUNT:,} | {COUNT // 2:,} | {first:.2f} s | '
           f'{wall:.1f} s | {rss:.0f} MiB | {code} | {objects:,} |')
     return 0 if code == 0 and objects == COUNT + COUNT // 2 else 1
 
