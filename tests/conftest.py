@@ -37,6 +37,8 @@ ISOLATED_BUCKET = 'isolated-dest'      # the only bucket the 'seaweed_isolated' 
 MOTO_KEY, MOTO_SECRET = 'MOTOACCESSKEY0000004', 'moto/secret/key/00000000000000000000004'
 RCLONE_KEY, RCLONE_SECRET = 'RCLONEACCESSKEY00005', 'rclone/secret/key/0000000000000000000005'
 SESSION_TOKEN = 'FwoGZXIvYXdzEXAMPLESESSIONTOKEN0000000000000000000000000000000000000008'
+# Parts of 5 MiB, and every file above 5 MiB a multipart upload: multipart runs with small files.
+SMALL_PARTS = {'ChunkSize': 5, 'ResumableThreshold': 5}
 
 
 def free_port(exclude: tuple = ()) -> int:

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from conftest import TOOL, bucket_contents, dest_settings, free_port, leftover_upload, unfinished_uploads, write_tree
+from conftest import (SMALL_PARTS, TOOL, bucket_contents, dest_settings, free_port, leftover_upload,
+                      unfinished_uploads, write_tree)
 
 
 def one_error_line(run) -> str:
@@ -137,7 +138,7 @@ def test_dont_ask_me_to_clean_false_offers_to_abort_this_jobs_uploads(answer, re
     bucket = seaweed.bucket()
     leftover_upload(seaweed, bucket, 'job/f.bin', {1: data[:5 * 1024 * 1024]})
     foreign = leftover_upload(seaweed, bucket, 'other/g.bin', {})
-    settings = dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='job', ChunkSize=5, DontAskMeToClean=False,
+    settings = dest_settings(seaweed, bucket, SrcDir=src, S3Prefix='job', **SMALL_PARTS, DontAskMeToClean=False,
                              BandwidthLimit=4)
     command = tool.command(settings)
     code, output = run_in_terminal(command, tool.env, tool.folder, answer)
@@ -157,7 +158,7 @@ def test_graceful_stop_exit_code_and_resume(signame, code, seaweed, tool, tmp_pa
     data = random_bytes(40 * 1024 * 1024, 12)
     src = write_tree(tmp_path / 'src', {'s.bin': data, 'small.txt': b'small'})
     bucket = seaweed.bucket()
-    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=2, BandwidthLimit=8)
+    settings = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=2, BandwidthLimit=8)
     process = tool.start(settings)
     assert wait_for_parts(seaweed, bucket, 's.bin', 2)
     process.send_signal(getattr(signal, signame))
@@ -179,7 +180,7 @@ def test_no_connection_pool_warnings_at_high_concurrency(seaweed, tool, tmp_path
     files.update({f's{i}.txt': b'x' * i for i in range(40)})
     src = write_tree(tmp_path / 'src', files)
     bucket = seaweed.bucket()
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=3, MaxParallelFile=6,
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=3, MaxParallelFile=6,
                                  LoggingLevel='DEBUG'))
     assert run.code == 0, run.stderr[-3000:]
     assert 'Connection pool is full' not in run.stderr
@@ -197,7 +198,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(seaweed, tool, tmp_path):
     seaweed.client().put_object(Bucket=bucket, Key='same.txt', Body=b'SAME')
     ignore = tmp_path / 'ignore.txt'
     ignore.write_text('*.tmp\n')
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, IgnoreListFile=ignore, ChunkSize=5), '--dry-run')
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, IgnoreListFile=ignore, **SMALL_PARTS), '--dry-run')
     assert run.code == 0, run.stderr
     lines = run.stdout.splitlines()
     assert 'send     new.txt  3' in lines and 'send     big.bin  6291456' in lines
@@ -224,7 +225,7 @@ def test_secrets_never_appear_in_any_output(level, moto, tool, tmp_path):
     from conftest import MOTO_KEY, MOTO_SECRET, SESSION_TOKEN, random_bytes
     src = write_tree(tmp_path / 'src', {'a.txt': b'a', 'b.bin': random_bytes(6 * 1024 * 1024, 40)})
     bucket = moto.bucket()
-    settings = dest_settings(moto, bucket, SrcDir=src, ChunkSize=5, LoggingLevel=level, DesProfileName='moto_token')
+    settings = dest_settings(moto, bucket, SrcDir=src, **SMALL_PARTS, LoggingLevel=level, DesProfileName='moto_token')
     run = tool.run(settings)
     assert run.code == 0, run.stderr[-2000:]
     failing = tool.run({**settings, 'DesBucket': 'no-such-bucket'})          # an error path too
@@ -265,7 +266,7 @@ def test_stop_waits_a_few_seconds_for_stuck_parts_then_exits_resumable(seaweed, 
         data = random_bytes(16 * 1024 * 1024, 41)
         src = write_tree(tmp_path / 'src', {'stuck.bin': data})
         bucket = seaweed.bucket()
-        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, RequestTimeout=300,
+        settings = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, RequestTimeout=300,
                                  DesEndPointURL=proxy.endpoint)
         proxy.add('stall', 'PUT', r'partNumber=2', seconds=60)
         process = tool.start(settings)
@@ -291,7 +292,7 @@ def test_second_ctrl_c_exits_at_once(seaweed, tool, tmp_path):
     from conftest import random_bytes, wait_for_parts
     src = write_tree(tmp_path / 'src', {'s.bin': random_bytes(30 * 1024 * 1024, 42)})
     bucket = seaweed.bucket()
-    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=2))
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=2))
     assert wait_for_parts(seaweed, bucket, 's.bin', 1)
     process.send_signal(signal.SIGINT)
     time.sleep(0.2)

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 
-from conftest import SOURCE_KEY, SOURCE_SECRET, TOOL, bucket_contents, random_bytes, wait_for_parts
+from conftest import SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, TOOL, bucket_contents, random_bytes, wait_for_parts
 from s3_upload import BadMessage, Config, jobs_from_message
 
 MiB = 1024 * 1024
@@ -55,7 +55,7 @@ class Stack:
                 'ClusterProfileName': self.moto.profile, 'ClusterRegion': 'us-east-1',
                 'SqsEndpointURL': self.moto.endpoint, 'DynamoDBEndpointURL': self.moto.endpoint,
                 'SsmEndpointURL': self.moto.endpoint, 'CredentialsParameter': self.parameter, 'CredentialsFor': 'Src',
-                'VisibilityTimeout': 6, 'PollSeconds': 1, 'ChunkSize': 5, 'LogDir': self.tool.folder / 'log', **more}
+                'VisibilityTimeout': 6, 'PollSeconds': 1, **SMALL_PARTS, 'LogDir': self.tool.folder / 'log', **more}
 
     def command(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> list:
         ini = self.tool.ini(self.settings(**more), name)

@@ -23,7 +23,9 @@ def test_minimal_ini_gets_every_advanced_default_from_the_shipped_ini(tmp_path):
         if option.section == 'Advanced':
             assert getattr(config, option.name) == getattr(shipped, option.name), option.name
     assert config.JobType == 'LOCAL_TO_S3' and config.DesEndPointURL is None
-    assert config.ResumableThreshold == config.ChunkSize
+    assert config.ResumableThreshold == 32      # one PutObject up to 32 MiB, or ChunkSize if larger
+    assert Config.load(write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n'
+                                       '[Advanced]\nChunkSize = 64\n')).ResumableThreshold == 64
 
 
 def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):
@@ -37,7 +39,7 @@ def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):
     assert config.DesEndPointURL == 'https://storage.googleapis.com'
     assert config.S3Prefix == 'data' and config.SrcPrefix == 'data'   # SrcPrefix defaults to S3Prefix
     assert config.StorageClass == 'STANDARD_IA'
-    assert config.chunk_bytes == 5 * MiB and config.threshold_bytes == 5 * MiB
+    assert config.chunk_bytes == 5 * MiB and config.threshold_bytes == 32 * MiB
 
 
 def test_src_prefix_and_overrides(tmp_path):

@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 
-from conftest import bucket_contents, dest_settings, random_bytes, s3_to_s3, write_tree
+from conftest import SMALL_PARTS, bucket_contents, dest_settings, random_bytes, s3_to_s3, write_tree
 
 MiB = 1024 * 1024
 
@@ -15,7 +15,7 @@ MiB = 1024 * 1024
 def test_local_files_get_a_guessed_content_type_and_identity_stamps(seaweed, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'page.html': b'<p>', 'data.json': b'{}', 'big.bin': random_bytes(6 * MiB)})
     bucket = seaweed.bucket()
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     client = seaweed.client()
     assert client.head_object(Bucket=bucket, Key='page.html')['ContentType'] == 'text/html'
@@ -45,7 +45,7 @@ def test_s3_metadata_and_tags_survive_the_copy(server_side, seaweed, moto, tool)
                                 Body=body[(n - 1) * 5 * MiB:n * 5 * MiB])['ETag'] for n in (1, 2, 3)]
     client.complete_multipart_upload(Bucket=src_bucket, Key='large.png', UploadId=upload, MultipartUpload={
         'Parts': [{'PartNumber': n, 'ETag': e} for n, e in zip((1, 2, 3), etags)]})
-    run = tool.run(s3_to_s3(src, src_bucket, seaweed, dst_bucket, ChunkSize=5, CopyTags=True,
+    run = tool.run(s3_to_s3(src, src_bucket, seaweed, dst_bucket, **SMALL_PARTS, CopyTags=True,
                             ServerSideCopy=server_side))
     assert run.code == 0, run.stderr
     if server_side == 'auto':
@@ -81,7 +81,7 @@ def test_copy_metadata_false_and_no_tags(moto, seaweed, tool):
 def test_storage_class_sse_and_acl_are_applied(moto, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'s.txt': b'small', 'm.bin': random_bytes(6 * MiB, 6)})
     bucket = moto.bucket()
-    run = tool.run(dest_settings(moto, bucket, SrcDir=src, ChunkSize=5, StorageClass='STANDARD_IA', SSE='AES256',
+    run = tool.run(dest_settings(moto, bucket, SrcDir=src, **SMALL_PARTS, StorageClass='STANDARD_IA', SSE='AES256',
                                  ACL='bucket-owner-full-control', RequestPayer='requester'))
     assert run.code == 0, run.stderr
     client = moto.client()
@@ -100,7 +100,7 @@ def test_additional_checksums_sent_and_verified(algorithm, server_name, request,
     files = {'small.txt': b'checksummed', 'multi.bin': random_bytes(12 * MiB + 1, 7)}
     src = write_tree(tmp_path / 'src', files)
     bucket = server.bucket()
-    run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5, ChecksumAlgorithm=algorithm))
+    run = tool.run(dest_settings(server, bucket, SrcDir=src, **SMALL_PARTS, ChecksumAlgorithm=algorithm))
     assert run.code == 0, run.stderr
     assert bucket_contents(server, bucket) == files
     client = server.client()
@@ -137,7 +137,7 @@ def test_s3_to_s3_end_to_end_crc64nvme_without_rereading(seaweed, tool):
     full = base64.b64encode(crt.crc64nvme(data).to_bytes(8, 'big')).decode()
     assert client.head_object(Bucket=src_bucket, Key='o.bin', ChecksumMode='ENABLED')['ChecksumCRC64NVME'] == full
     for server_side in ('never', 'auto'):
-        run = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, S3Prefix='', ChunkSize=5,
+        run = tool.run(s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, S3Prefix='', **SMALL_PARTS,
                                 ChecksumAlgorithm='CRC64NVME', ServerSideCopy=server_side, CompareMode='identity',
                                 SrcPrefix=''))
         assert run.code == 0, run.stderr
@@ -180,7 +180,7 @@ def test_sse_kms_with_key_id(moto, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'k.txt': b'kms', 'm.bin': random_bytes(6 * MiB, 9)})
     bucket = moto.bucket()
     key_id = 'arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555'
-    run = tool.run(dest_settings(moto, bucket, SrcDir=src, ChunkSize=5, SSE='aws:kms', SSEKMSKeyId=key_id))
+    run = tool.run(dest_settings(moto, bucket, SrcDir=src, **SMALL_PARTS, SSE='aws:kms', SSEKMSKeyId=key_id))
     assert run.code == 0, run.stderr
     for key in ('k.txt', 'm.bin'):
         head = moto.client().head_object(Bucket=bucket, Key=key)
@@ -206,7 +206,7 @@ def test_small_puts_take_the_crt_lane_with_every_header(use_crt, moto, seaweed, 
     proxy = FaultProxy(seaweed.endpoint)
     try:
         run = tool.run(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, DesEndPointURL=proxy.endpoint,
-                                ChunkSize=5, CopyTags=True, UseCRT=use_crt))
+                                **SMALL_PARTS, CopyTags=True, UseCRT=use_crt))
     finally:
         proxy.stop()
     assert run.code == 0, run.stderr
@@ -325,7 +325,7 @@ def test_an_upload_listing_answered_nosuchupload_is_an_empty_one(rclone, tool, t
     data = random_bytes(11 * MiB, 31)
     src = write_tree(tmp_path / 'src', {'big.bin': data, 'small.txt': b'small'})
     bucket = rclone.bucket()
-    run = tool.run(dest_settings(rclone, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(dest_settings(rclone, bucket, SrcDir=src, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert 'WARNING' not in run.stderr, run.stderr
     assert bucket_contents(rclone, bucket) == {'big.bin': data, 'small.txt': b'small'}
@@ -372,7 +372,7 @@ def _copied_with_defaults(server, tool, tmp_path, verified_by, endpoint=None):
     the bytes and how they were verified; (bucket, run)."""
     src = write_tree(tmp_path / 'src', AUTO_FILES)
     bucket = server.bucket()
-    settings = dest_settings(server, bucket, SrcDir=src, ChunkSize=5)
+    settings = dest_settings(server, bucket, SrcDir=src, **SMALL_PARTS)
     run = tool.run({**settings, 'DesEndPointURL': endpoint} if endpoint else settings)
     assert run.code == 0, run.stderr
     assert bucket_contents(server, bucket) == AUTO_FILES
@@ -431,7 +431,7 @@ def _auto_files_through_a_proxy(seaweed, tool, tmp_path, match: str, headers: di
     try:
         src = write_tree(tmp_path / 'src', AUTO_FILES)
         bucket = seaweed.bucket()
-        settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxParallelFile=1)
+        settings = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxParallelFile=1)
         run = tool.run({**settings, 'DesEndPointURL': proxy.endpoint})
     finally:
         proxy.stop()

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes, s3_to_s3,
-                      unfinished_uploads, wait_for_parts, write_tree)
+from conftest import (SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes,
+                      s3_to_s3, unfinished_uploads, wait_for_parts, write_tree)
 
 MiB = 1024 * 1024
 
@@ -23,7 +23,7 @@ def test_folder_upload_is_byte_identical_and_rerun_skips(any_server, tool, tmp_p
     src = write_tree(tmp_path / 'src', files)
     (tmp_path / 'src' / 'empty-folder').mkdir()
     bucket = any_server.bucket()
-    settings = dest_settings(any_server, bucket, SrcDir=src, S3Prefix='backup', ChunkSize=5)
+    settings = dest_settings(any_server, bucket, SrcDir=src, S3Prefix='backup', **SMALL_PARTS)
 
     first = tool.run(settings)
     assert first.code == 0, first.stderr
@@ -45,7 +45,7 @@ def test_multipart_etag_is_verified(seaweed, tool, tmp_path):
     data = random_bytes(11 * MiB, 3)
     src = write_tree(tmp_path / 'src', {'f.bin': data})
     bucket = seaweed.bucket()
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, ChecksumAlgorithm='none'))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, ChecksumAlgorithm='none'))
     assert run.code == 0, run.stderr
     head = seaweed.client().head_object(Bucket=bucket, Key='f.bin')
     parts = [bytes.fromhex(md5(data[i:i + 5 * MiB])) for i in range(0, len(data), 5 * MiB)]
@@ -66,7 +66,7 @@ def test_a_completed_upload_is_verified_by_the_completes_answer_else_by_a_head(s
     bucket = server.bucket()
     proxy = FaultProxy(server.endpoint)
     try:
-        run = tool.run(dest_settings(server, bucket, SrcDir=src, ChunkSize=5, ChecksumAlgorithm='CRC64NVME',
+        run = tool.run(dest_settings(server, bucket, SrcDir=src, **SMALL_PARTS, ChecksumAlgorithm='CRC64NVME',
                                      DesEndPointURL=proxy.endpoint))
     finally:
         proxy.stop()
@@ -97,7 +97,7 @@ def test_list_parts_pagination_on_resume(any_server, tool, tmp_path):
     for number in (1, 2, 3, 4, 5):
         client.upload_part(Bucket=bucket, Key='paged.bin', UploadId=upload_id, PartNumber=number,
                            Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
-    run = tool.run(dest_settings(any_server, bucket, SrcDir=src, ChunkSize=5, ListPageSize=2))
+    run = tool.run(dest_settings(any_server, bucket, SrcDir=src, **SMALL_PARTS, ListPageSize=2))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 5 and run.report['parts_uploaded'] == 2
     assert run.report['bytes_resumed'] == 25 * MiB
@@ -113,7 +113,7 @@ def test_kill_9_mid_multipart_then_resume(server_name, request, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'movie.bin': data})
     bucket = server.bucket()
     threads = 3
-    settings = dest_settings(server, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads, BandwidthLimit=12)
+    settings = dest_settings(server, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=threads, BandwidthLimit=12)
     process = tool.start(settings)
     wait_for_parts(server, bucket, 'movie.bin', 4)
     process.send_signal(signal.SIGKILL)
@@ -140,7 +140,7 @@ def test_resume_without_journal_rehashes_local_parts(seaweed, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'x.bin': data})
     bucket = seaweed.bucket()
     leftover_upload(seaweed, bucket, 'x.bin', {1: data[:5 * MiB], 2: b'\0' * (5 * MiB)})  # 2: same size, wrong content
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 1 and run.report['parts_uploaded'] == 3
     assert bucket_contents(seaweed, bucket) == {'x.bin': data}
@@ -152,7 +152,7 @@ def test_rehashed_parts_count_as_acknowledged_after_another_kill(seaweed, tool, 
     src = write_tree(tmp_path / 'src', {'x.bin': data})
     bucket = seaweed.bucket()
     leftover_upload(seaweed, bucket, 'x.bin', {1: data[:5 * MiB], 2: data[5 * MiB:10 * MiB]})
-    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=2)
+    settings = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=2)
     process = tool.start(settings)
     assert len(wait_for_parts(seaweed, bucket, 'x.bin', 3)) >= 3
     process.send_signal(signal.SIGKILL)
@@ -167,7 +167,7 @@ def test_source_changed_between_runs_is_not_mixed(seaweed, tool, tmp_path):
     data = random_bytes(20 * MiB, 7)
     src = write_tree(tmp_path / 'src', {'c.bin': data})
     bucket = seaweed.bucket()
-    settings = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=8)
+    settings = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=8)
     process = tool.start(settings)
     wait_for_parts(seaweed, bucket, 'c.bin', 2)
     process.send_signal(signal.SIGKILL)
@@ -188,7 +188,7 @@ def test_chunk_size_changed_between_runs_resumes_with_the_uploads_part_size(seaw
     src = write_tree(tmp_path / 'src', {'d.bin': data})
     bucket = seaweed.bucket()
     leftover_upload(seaweed, bucket, 'd.bin', {1: data[:6 * MiB], 2: data[6 * MiB:12 * MiB]})
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 2 and run.report['bytes_resumed'] == 12 * MiB
     assert bucket_contents(seaweed, bucket) == {'d.bin': data}
@@ -200,7 +200,7 @@ def test_stale_upload_that_cannot_fit_is_aborted_and_other_keys_untouched(seawee
     bucket = seaweed.bucket()
     leftover_upload(seaweed, bucket, 'a.bin', {1: b'x' * (7 * MiB + 1)})
     other = leftover_upload(seaweed, bucket, 'a.bin.bak', {})
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert run.report['parts_resumed'] == 0
     assert bucket_contents(seaweed, bucket) == {'a.bin': data}
@@ -227,7 +227,7 @@ def test_broken_upload_paging_still_leaves_no_leftovers(seaweed, tool, tmp_path)
     client = seaweed.client()
     for _ in range(3):
         client.create_multipart_upload(Bucket=bucket, Key='m.bin')
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, ListPageSize=1), timeout=120)
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, ListPageSize=1), timeout=120)
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == {'m.bin': data}
     assert unfinished_uploads(seaweed, bucket) == []
@@ -237,7 +237,7 @@ def test_upload_dropped_mid_transfer_restarts_the_file(seaweed, tool, tmp_path):
     data = random_bytes(40 * MiB, 14)
     src = write_tree(tmp_path / 'src', {'gone.bin': data})
     bucket = seaweed.bucket()
-    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=2, BandwidthLimit=10))
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=2, BandwidthLimit=10))
     assert wait_for_parts(seaweed, bucket, 'gone.bin', 2)
     client = seaweed.client()
     for upload in client.list_multipart_uploads(Bucket=bucket).get('Uploads', []):
@@ -256,7 +256,7 @@ def test_server_side_copy_moves_no_bytes_through_the_machine(server_name, reques
     client = server.client()
     for key, data in objects.items():
         client.put_object(Bucket=src_bucket, Key=key, Body=data)
-    run = tool.run(s3_to_s3(server, src_bucket, server, dst_bucket, ChunkSize=5))
+    run = tool.run(s3_to_s3(server, src_bucket, server, dst_bucket, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert run.report['bytes_transferred'] == 0
     assert run.report['bytes_copied_server_side'] == sum(map(len, objects.values()))
@@ -270,7 +270,7 @@ def test_server_side_copy_falls_back_when_the_store_copies_parts_wrong(rclone, t
     objects = {'small.txt': b'small', 'big.bin': random_bytes(11 * MiB, 21)}
     for key, data in objects.items():
         rclone.client().put_object(Bucket=src_bucket, Key=key, Body=data)
-    run = tool.run(s3_to_s3(rclone, src_bucket, rclone, dst_bucket, ChunkSize=5))
+    run = tool.run(s3_to_s3(rclone, src_bucket, rclone, dst_bucket, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert 'server-side copy is not possible here' in run.stderr
     assert bucket_contents(rclone, dst_bucket) == objects
@@ -290,7 +290,7 @@ def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
     seaweed.client().put_object(Bucket=src_bucket, Key='x.bin', Body=data)
     prefix = f'run-{random_bytes(4, 23).hex()}'
     settings = s3_to_s3(seaweed, src_bucket, seaweed, ISOLATED_BUCKET, DesProfileName='seaweed_isolated',
-                         S3Prefix=prefix, SrcPrefix='', ChunkSize=5)
+                         S3Prefix=prefix, SrcPrefix='', **SMALL_PARTS)
     run = tool.run(settings)
     assert run.code == 0, run.stderr
     assert 'server-side copy is not possible here' in run.stderr
@@ -302,7 +302,7 @@ def test_server_side_copy_falls_back_on_access_denied(seaweed, tool):
 def test_compare_mode_identity_and_checksum(seaweed, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'same.txt': b'aaaa', 'touched.txt': b'bbbb', 'sneaky.bin': random_bytes(11 * MiB, 24)})
     bucket = seaweed.bucket()
-    base = dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5)
+    base = dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS)
     assert tool.run(base).code == 0
     # touched.txt: same size, new content and mtime. sneaky.bin: new content, same size, old mtime restored.
     (src / 'touched.txt').write_bytes(b'BBBB')
@@ -343,13 +343,29 @@ def test_a_file_of_exactly_the_threshold_goes_in_one_put(seaweed, tool, tmp_path
     would cost two more round trips and resume nothing."""
     files = {'at.bin': random_bytes(5 * MiB, 1), 'over.bin': random_bytes(5 * MiB + 1, 2)}
     bucket = seaweed.bucket()
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files), ChunkSize=5))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files), **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == files
     client = seaweed.client()
     assert '-' not in client.head_object(Bucket=bucket, Key='at.bin')['ETag']
     assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-2')
     assert run.report['parts_uploaded'] == 1 + 2
+
+
+def test_by_default_files_up_to_32_mib_go_in_one_put(seaweed, tool, tmp_path):
+    """Without ResumableThreshold, files up to 32 MiB go in one PutObject (a multipart upload costs a store
+    that joins parts by copying them more), larger ones in parts of ChunkSize (8 MiB)."""
+    files = {'mid.bin': random_bytes(20 * MiB, 3), 'at.bin': random_bytes(32 * MiB, 4),
+             'over.bin': random_bytes(32 * MiB + 1, 5)}
+    bucket = seaweed.bucket()
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files)))
+    assert run.code == 0, run.stderr
+    assert bucket_contents(seaweed, bucket) == files
+    client = seaweed.client()
+    assert '-' not in client.head_object(Bucket=bucket, Key='mid.bin')['ETag']
+    assert '-' not in client.head_object(Bucket=bucket, Key='at.bin')['ETag']
+    assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-5')
+    assert run.report['parts_uploaded'] == 2 + 5
 
 
 # The in-flight window (Concurrency = auto) and the memory budget it moves ###

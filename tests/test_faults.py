@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import (bucket_contents, dest_settings, leftover_upload, random_bytes, s3_to_s3, unfinished_uploads,
-                      wait_for_parts, write_tree)
+from conftest import (SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, random_bytes, s3_to_s3,
+                      unfinished_uploads, wait_for_parts, write_tree)
 from fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -56,7 +56,7 @@ def test_transfer_completes_through_network_faults(fault, seaweed, proxy, tool, 
     rule = proxy.add(action, method, match, **options)
     src = write_tree(tmp_path / 'src', FILES)
     bucket = seaweed.bucket()
-    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, RequestTimeout=2, MaxRetry=8))
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, RequestTimeout=2, MaxRetry=8))
     assert rule.hits >= 1, f'the fault never fired: {proxy.log}'
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == FILES
@@ -76,7 +76,7 @@ def test_reset_mid_response_of_a_source_read(seaweed, moto, tool):
         rules = [fault_proxy.add('reset_response', 'GET', rf'/{src_bucket}/big\.bin', times=2),
                  fault_proxy.add('truncate', 'GET', rf'/{src_bucket}/small', times=1)]
         run = tool.run(s3_to_s3(seaweed, src_bucket, moto, dst_bucket, SrcEndPointURL=fault_proxy.endpoint,
-                                ChunkSize=5, MaxRetry=5))
+                                **SMALL_PARTS, MaxRetry=5))
         assert all(rule.hits for rule in rules)
         assert run.code == 0, run.stderr
         assert bucket_contents(moto, dst_bucket) == {'big.bin': data, 'small': b'x' * 1000}
@@ -92,7 +92,7 @@ def test_a_put_never_answered_is_cut_at_its_deadline_and_sent_again(seaweed, pro
     rule = proxy.add('stall', 'PUT', r'/small\.txt$', seconds=30)
     src = write_tree(tmp_path / 'src', FILES)
     bucket = seaweed.bucket()
-    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, RequestTimeout=1, MaxRetry=3), timeout=25)
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, RequestTimeout=1, MaxRetry=3), timeout=25)
     assert rule.hits == 1
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == FILES
@@ -136,7 +136,7 @@ def test_permanent_errors_fail_fast_with_a_clear_message(fault, seaweed, proxy, 
     src = write_tree(tmp_path / 'src', FILES)
     bucket = seaweed.bucket()
     threads = 3
-    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads, MaxRetry=20))
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=threads, MaxRetry=20))
     assert run.code == 1, run.stderr
     assert rule.hits <= threads, 'a permanent error must not be retried'
     failed = {f['key']: f['error'] for f in run.report['failures']}
@@ -161,7 +161,7 @@ def test_part_changed_at_the_store_before_completion_is_sent_again(moto, tool, t
     fault_proxy = FaultProxy(moto.endpoint)
     try:
         fault_proxy.add('stall', 'PUT', r'partNumber=3', seconds=4)      # time to change part 1 before Complete
-        process = tool.start(proxied(moto, fault_proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=1))
+        process = tool.start(proxied(moto, fault_proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1))
         if len(wait_for_parts(moto, bucket, 'big.bin', 3, timeout=30)) < 3:
             process.kill()
             pytest.fail(f'the upload never held 3 parts: {process.communicate()[1].decode()[-2000:]}')
@@ -187,7 +187,7 @@ def test_part_stored_but_never_acknowledged_is_read_again_and_kept_if_it_matches
     src = write_tree(tmp_path / 'src', {'big.bin': data})
     bucket = seaweed.bucket()
     proxy.add('stall', 'PUT', r'partNumber=3', seconds=60)
-    settings = proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=1)
+    settings = proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1)
     process = tool.start(settings)
     assert len(wait_for_parts(seaweed, bucket, 'big.bin', 3, timeout=30)) == 3
     process.send_signal(signal.SIGKILL)
@@ -197,7 +197,7 @@ def test_part_stored_but_never_acknowledged_is_read_again_and_kept_if_it_matches
         data = data[:11 * MiB] + bytes(MiB) + data[12 * MiB:]
         path.write_bytes(data)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1))
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1))
     assert run.code == 0, run.stderr
     assert ('1 listed part(s) were never acknowledged to us and differ' in run.stderr) == overwritten
     assert (run.report['parts_resumed'], run.report['parts_uploaded']) == ((2, 2) if overwritten else (3, 1))
@@ -214,7 +214,7 @@ def test_crash_at_any_instant(seaweed, proxy, tool, tmp_path):
     src = write_tree(tmp_path / 'src', files)
     bucket = seaweed.bucket()
     files_in_flight, threads, part = 4, 2, 5 * MiB
-    settings = proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5, MaxThread=threads,
+    settings = proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=threads,
                        MaxParallelFile=files_in_flight, BandwidthLimit=3, RequestTimeout=5)
     restarts = 0
     for _ in range(20):
@@ -240,7 +240,7 @@ def test_local_file_modified_during_upload_is_redone(seaweed, tool, tmp_path):
     data = random_bytes(30 * MiB, 32)
     src = write_tree(tmp_path / 'src', {'live.bin': data})
     bucket = seaweed.bucket()
-    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=10))
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=10))
     assert wait_for_parts(seaweed, bucket, 'live.bin', 2)
     changed = random_bytes(30 * MiB, 33)
     (src / 'live.bin').write_bytes(changed)
@@ -255,7 +255,7 @@ def test_local_file_truncated_during_upload_is_redone(seaweed, tool, tmp_path):
     data = random_bytes(30 * MiB, 34)
     src = write_tree(tmp_path / 'src', {'shrinks.bin': data})
     bucket = seaweed.bucket()
-    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, ChunkSize=5, MaxThread=1, BandwidthLimit=10))
+    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=10))
     assert wait_for_parts(seaweed, bucket, 'shrinks.bin', 2)
     os.truncate(src / 'shrinks.bin', 12 * MiB)
     _, err = process.communicate(timeout=120)
@@ -269,7 +269,7 @@ def test_s3_source_deleted_mid_copy_fails_that_key(moto, seaweed, tool):
     client = moto.client()
     client.put_object(Bucket=src_bucket, Key='doomed.bin', Body=random_bytes(30 * MiB, 35))
     client.put_object(Bucket=src_bucket, Key='fine.txt', Body=b'fine')
-    process = tool.start(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1,
+    process = tool.start(s3_to_s3(moto, src_bucket, seaweed, dst_bucket, **SMALL_PARTS, MaxThread=1,
                                   BandwidthLimit=10))
     assert wait_for_parts(seaweed, dst_bucket, 'doomed.bin', 1)
     client.delete_object(Bucket=src_bucket, Key='doomed.bin')
@@ -291,7 +291,7 @@ def test_an_upload_started_under_another_checksum_setting_is_started_again(seawe
     rule = proxy.add('status', 'PUT', rf'/x\.bin\?.*uploadId={re.escape(old)}', times=-1, status=400,
                      code='InvalidRequest', message='Checksum Type mismatch occurred, expected checksum Type: null, '
                                                     'actual checksum Type: crc64nvme')
-    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChunkSize=5))
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS))
     assert rule.hits >= 1 and run.code == 0, run.stderr
     assert 'started under another checksum setting' in run.stderr
     assert bucket_contents(seaweed, bucket) == {'x.bin': data}

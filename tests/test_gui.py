@@ -47,7 +47,7 @@ def window(display, aws_files, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
     ini = tmp_path / 'gui.ini'
-    ini.write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\n')
+    ini.write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\nResumableThreshold = 5\n')
     root = tk.Tk()
     app = s3_upload.App(root, str(ini))
     yield app
@@ -102,7 +102,8 @@ def test_stop_then_resume(window, seaweed, tmp_path):
     data = random_bytes(40 * MiB, 51)
     src = write_tree(tmp_path / 'src', {'big.bin': data})
     bucket = seaweed.bucket()
-    (tmp_path / 'gui.ini').write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\nBandwidthLimit = 8\n')
+    (tmp_path / 'gui.ini').write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\nResumableThreshold = 5\n'
+                                      'BandwidthLimit = 8\n')
     app.saved = read_settings(str(tmp_path / 'gui.ini'))[0]
     fill(app, JobType='LOCAL_TO_S3', SrcDir=src, DesProfileName=seaweed.profile, DesEndPointURL=seaweed.endpoint,
          DesBucket=bucket, MaxThread=2)
@@ -190,7 +191,8 @@ def test_closing_mid_transfer_asks_first(window, seaweed, tmp_path, monkeypatch)
     app = window
     src = write_tree(tmp_path / 'src', {'slow.bin': random_bytes(30 * MiB, 52)})
     bucket = seaweed.bucket()
-    (tmp_path / 'gui.ini').write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\nBandwidthLimit = 4\n')
+    (tmp_path / 'gui.ini').write_text(f'[Advanced]\nLogDir = {tmp_path / "log"}\nChunkSize = 5\nResumableThreshold = 5\n'
+                                      'BandwidthLimit = 4\n')
     app.saved = read_settings(str(tmp_path / 'gui.ini'))[0]
     fill(app, JobType='LOCAL_TO_S3', SrcDir=src, DesProfileName=seaweed.profile, DesEndPointURL=seaweed.endpoint,
          DesBucket=bucket)

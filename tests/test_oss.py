@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import OSS_KEY, OSS_SECRET, bucket_contents, random_bytes, unfinished_uploads
+from conftest import OSS_KEY, OSS_SECRET, SMALL_PARTS, bucket_contents, random_bytes, unfinished_uploads
 from oss_server import CRC64_ECMA
 
 MiB = 1024 * 1024
@@ -36,7 +36,7 @@ def test_oss_to_s3_is_byte_identical_with_crc64_verified(oss, seaweed, oss_env):
     oss.put(source, 'data/typed.html', b'<p>', content_type='text/html; charset=utf-8', owner='team-a')
     objects['data/typed.html'] = b'<p>'
     dest = seaweed.bucket()
-    run = tool.run(oss_job(oss, source, seaweed, dest, SrcPrefix='data', S3Prefix='from-oss', ChunkSize=5,
+    run = tool.run(oss_job(oss, source, seaweed, dest, SrcPrefix='data', S3Prefix='from-oss', **SMALL_PARTS,
                            ListPageSize=2))
     assert run.code == 0, run.stderr
     expected = {'from-oss/' + k[5:]: v for k, v in objects.items() if k.startswith('data/')}
@@ -48,7 +48,7 @@ def test_oss_to_s3_is_byte_identical_with_crc64_verified(oss, seaweed, oss_env):
     stored = oss.buckets[source]['data/typed.html']
     assert head['Metadata']['s3u-src-crc64ecma'] == str(stored.crc64)
     assert head['Metadata']['s3u-src-etag'] == stored.etag.lower()
-    rerun = tool.run(oss_job(oss, source, seaweed, dest, SrcPrefix='data', S3Prefix='from-oss', ChunkSize=5))
+    rerun = tool.run(oss_job(oss, source, seaweed, dest, SrcPrefix='data', S3Prefix='from-oss', **SMALL_PARTS))
     assert rerun.code == 0 and rerun.report['files_skipped'] == 6
 
 
@@ -62,7 +62,7 @@ def test_corrupted_oss_reads_are_caught_by_the_crc_and_never_land(oss, seaweed, 
     oss.corrupt.update({'bad-small', 'bad-big'})
     try:
         dest = seaweed.bucket()
-        run = tool.run(oss_job(oss, source, seaweed, dest, ChunkSize=5))
+        run = tool.run(oss_job(oss, source, seaweed, dest, **SMALL_PARTS))
     finally:
         oss.corrupt.difference_update({'bad-small', 'bad-big'})
     assert run.code == 1, run.stderr

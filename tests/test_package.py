@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, bucket_contents, write_tree
+from conftest import ROOT, SMALL_PARTS, bucket_contents, write_tree
 
 
 def test_one_file_build_runs_help_and_a_transfer(moto, tool, tmp_path):
@@ -20,7 +20,7 @@ def test_one_file_build_runs_help_and_a_transfer(moto, tool, tmp_path):
     src = write_tree(tmp_path / 'src', {'hello.txt': b'from the one-file build', 'big.bin': b'b' * (6 * 1024 * 1024)})
     bucket = moto.bucket()
     ini = tool.ini({'JobType': 'LOCAL_TO_S3', 'DesProfileName': moto.profile, 'DesEndPointURL': moto.endpoint,
-                    'DesBucket': bucket, 'SrcDir': src, 'ChunkSize': 5, 'LogDir': tmp_path / 'log'})
+                    'DesBucket': bucket, 'SrcDir': src, **SMALL_PARTS, 'LogDir': tmp_path / 'log'})
     ran = subprocess.run([str(program), '--nogui', '--config', str(ini)], capture_output=True, text=True,
                          timeout=300, env=tool.env, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-3000:]

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from conftest import bucket_contents, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts, write_tree
+from conftest import (SMALL_PARTS, bucket_contents, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts,
+                      write_tree)
 from s3_upload import LocalSource
 
 MiB = 1024 * 1024
@@ -77,7 +78,7 @@ def test_s3_to_s3_between_two_endpoints_and_credential_sets(moto, seaweed, tool)
                'in/big.bin': random_bytes(12 * MiB + 5, 2), 'inside-not-below': b'no', 'other/x': b'no'}
     src_bucket, dst_bucket = moto.bucket(), seaweed.bucket()
     fill(moto, src_bucket, objects)
-    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcPrefix='in', S3Prefix='out/put', ChunkSize=5)
+    settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcPrefix='in', S3Prefix='out/put', **SMALL_PARTS)
     run = tool.run(settings)
     assert run.code == 0, run.stderr
     expected = {f'out/put/{k[3:]}': v for k, v in objects.items() if k.startswith('in/')}
@@ -95,7 +96,7 @@ def test_source_listing_etags_without_quotes_are_read_once(rclone, seaweed, tool
     src_bucket, dst_bucket = rclone.bucket(), seaweed.bucket()
     fill(rclone, src_bucket, objects)
     assert not rclone.client().list_objects_v2(Bucket=src_bucket)['Contents'][0]['ETag'].startswith('"')
-    run = tool.run(s3_to_s3(rclone, src_bucket, seaweed, dst_bucket, ChunkSize=5))
+    run = tool.run(s3_to_s3(rclone, src_bucket, seaweed, dst_bucket, **SMALL_PARTS))
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, dst_bucket) == objects
     assert 'starting this file again' not in run.stderr and run.report['files_transferred'] == 6
@@ -104,7 +105,7 @@ def test_source_listing_etags_without_quotes_are_read_once(rclone, seaweed, tool
 def test_s3_to_s3_same_server_different_credentials(seaweed, tool):
     src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
     fill(seaweed, src_bucket, {'k1': b'one', 'k2': random_bytes(6 * MiB, 3)})
-    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcProfileName='seaweed_source', ChunkSize=5,
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, SrcProfileName='seaweed_source', **SMALL_PARTS,
                         ServerSideCopy='never')
     run = tool.run(settings)
     assert run.code == 0, run.stderr
@@ -125,7 +126,7 @@ def test_s3_source_overwritten_mid_copy_restarts_the_object(seaweed, tool):
     src_bucket, dst_bucket = seaweed.bucket('src'), seaweed.bucket('dst')
     old, new = random_bytes(30 * MiB, 4), random_bytes(30 * MiB, 5)
     fill(seaweed, src_bucket, {'v.bin': old})
-    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, ChunkSize=5, MaxThread=1, BandwidthLimit=10,
+    settings = s3_to_s3(seaweed, src_bucket, seaweed, dst_bucket, **SMALL_PARTS, MaxThread=1, BandwidthLimit=10,
                         ServerSideCopy='never')
     process = tool.start(settings)
     assert wait_for_parts(seaweed, dst_bucket, 'v.bin', 1)
@@ -146,7 +147,7 @@ def test_s3_to_s3_kill_and_resume(moto, seaweed, tool):
     fill(moto, src_bucket, {'r.bin': data})
     proxy = FaultProxy(moto.endpoint)
     try:
-        settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcEndPointURL=proxy.endpoint, ChunkSize=5,
+        settings = s3_to_s3(moto, src_bucket, seaweed, dst_bucket, SrcEndPointURL=proxy.endpoint, **SMALL_PARTS,
                             MaxThread=2, BandwidthLimit=10)
         process = tool.start(settings)
         assert len(wait_for_parts(seaweed, dst_bucket, 'r.bin', 3)) >= 3
