@@ -13,7 +13,8 @@ files/s, client CPU seconds (and per GiB), peak RSS, and the ratio to the best p
 Data sets: (a) one 1 GiB file, (b) 2,000 files of 256 KiB, (c) a mix (1 x 300 MiB, 50 x 8 MiB,
 1,000 x 16 KiB, 20 x 0 B), (d) S3 -> S3 of (c) from another server with other credentials, (e) resume:
 time to finish after a kill at 50 % of (a) versus an uninterrupted run; (f) 5,000 files of 4 KiB
-(per-request cost and files in flight; on loopback by default, over the long link with --wan-sets).
+(per-request cost and files in flight; on loopback by default, over the long link with --wan-sets);
+(g) 40 files of 20 MiB (mid-size: one request or a multipart upload each; only when asked, --sets g).
 Results go to bench/results/<name>.md and .json (and a PNG chart when matplotlib is installed).
 """
 
@@ -192,6 +193,7 @@ DATASETS = {
     'c': [('mix/huge.bin', 300 * MiB)] + [(f'mix/mid/{i:02d}.bin', 8 * MiB) for i in range(50)] +
          [(f'mix/small/{i:04d}.txt', 16 * 1024) for i in range(1000)] + [(f'mix/empty/{i:02d}', 0) for i in range(20)],
     'f': [(f't/{i // 1000}/{i:04d}.txt', 4096) for i in range(5000)],
+    'g': [(f'mid/{i:02d}.bin', 20 * MiB) for i in range(40)],
 }
 
 
@@ -515,7 +517,7 @@ def version() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f)')
+    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f; also g)')
     parser.add_argument('--servers', default='rclone,seaweedfs', help='rclone and/or seaweedfs')
     parser.add_argument('--tools', default='s3_upload,' + ','.join(PEERS))
     parser.add_argument('--repeat', type=int, default=2,
