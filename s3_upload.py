@@ -108,7 +108,7 @@ STORAGE_CLASSES = ('STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA'
                    'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE')
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 # Files up to this size go in one PutObject unless ChunkSize is larger: a multipart upload costs a store that
-# joins the parts by copying them (rclone serve s3) a quarter more CPU, and a crash loses what is in flight
+# joins the parts by copying them (rclone serve s3) a third more CPU, and a crash loses what is in flight
 # either way (at most the memory window).
 SINGLE_PUT_MIB = 32
 
