@@ -46,9 +46,11 @@ def main() -> int:
             (source / f'{i:06d}.txt').write_bytes(body)
             (present / (f'{i:06d}.txt' if i % 2 == 0 else f'{i:06d}.other')).write_bytes(body)
     server = bench.Server(arguments.server, workdir)
-    source_server = bench.Server('seaweed', workdir) if arguments.source == 's3' else None    # another endpoint
+    source_server = None
     log_dir = workdir / 'planning-log'
     try:
+        if arguments.source == 's3':
+            source_server = bench.Server('seaweed', workdir)      # another endpoint
         bucket = server.bucket()
         print(f'filling the destination with {COUNT:,} keys ...', flush=True)
         bench.upload_folder(server, bucket, present, workdir, 'p/')
