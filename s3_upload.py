@@ -107,10 +107,10 @@ STORAGE_CLASSES = ('STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA'
                    'INTELLIGENT_TIERING', 'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR',
                    'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE')
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
-# Files up to this size go in one PutObject unless ChunkSize is larger: a multipart upload costs a store that
-# joins the parts by copying them (rclone serve s3) a third more CPU, and a crash loses what is in flight
-# either way (at most the memory window).
-SINGLE_PUT_MIB = 32
+# Files up to this size (and half of MemoryLimit) go in one PutObject unless ChunkSize is larger: a multipart
+# upload costs a store that joins the parts by copying them (rclone serve s3) a third more CPU, and a crash
+# loses what is in flight either way (at most the memory window).
+SINGLE_PUT_MIB = 64
 
 
 def _text(value: str) -> str:
@@ -220,7 +220,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ifVerifyMD5', 'False', _bool, 're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool, 'False: on a terminal, offer to abort this job\'s unfinished uploads first'),
     Option('Advanced', 'LoggingLevel', 'INFO', _choice(*LOG_LEVELS), 'DEBUG | INFO | WARNING | ERROR'),
-    Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')), 'files up to this size (MiB) go in one PutObject (default: 32, or ChunkSize if larger), larger ones as resumable multipart uploads'),
+    Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')), 'files up to this size (MiB) go in one PutObject (default: 64 or half of MemoryLimit, or ChunkSize if larger), larger ones as resumable multipart uploads'),
     Option('Advanced', 'LogDir', 'log', _text, 'folder for log files and the resume journal'),
     Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'), 'upper bound on upload rate in MiB/s (0 = none)'),
     Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
@@ -347,7 +347,7 @@ class Config:
         if self.SrcPrefix is None:
             self.SrcPrefix = self.S3Prefix
         if self.ResumableThreshold is None:
-            self.ResumableThreshold = max(self.ChunkSize, SINGLE_PUT_MIB)
+            self.ResumableThreshold = max(self.ChunkSize, min(SINGLE_PUT_MIB, self.MemoryLimit // 2))
         self._check_required()
 
     def _check_required(self) -> None:
@@ -2691,6 +2691,7 @@ class MemoryBudget:
 
     def __init__(self, limit: int, stop: threading.Event) -> None:
         self.limit = limit
+        self.ceiling = limit                      # the limit the window moves under (MemoryLimit)
         self.stop = stop
         self.used = 0
         self.waited = False
@@ -2705,6 +2706,12 @@ class MemoryBudget:
             yield
         finally:
             self.give(room)
+
+    def whole_file(self, nbytes: int) -> int:
+        """The room a file sent in one request asks for: at most half the limit, so two go at once in the
+        smallest window (one request each is faster than parts in flight where the store joins parts by
+        copying them), as long as two whole ones fit in the ceiling."""
+        return min(nbytes, self.limit // 2) if 2 * nbytes <= self.ceiling else nbytes
 
     def take(self, nbytes: int) -> int:
         """Wait for room for nbytes; the room granted (give it back), less if the limit shrank meanwhile.
@@ -2971,7 +2978,7 @@ class FileTransfer:
                 's3u-checksum': '+'.join(how)}
 
     def _put(self) -> str:
-        with self.engine.memory.hold(self.task.source.size):
+        with self.engine.memory.hold(self.engine.memory.whole_file(self.task.source.size)):
             put = self.prepare_put()
             etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put)
             return self.stored(put, etag, echo)

@@ -23,9 +23,11 @@ def test_minimal_ini_gets_every_advanced_default_from_the_shipped_ini(tmp_path):
         if option.section == 'Advanced':
             assert getattr(config, option.name) == getattr(shipped, option.name), option.name
     assert config.JobType == 'LOCAL_TO_S3' and config.DesEndPointURL is None
-    assert config.ResumableThreshold == 32      # one PutObject up to 32 MiB, or ChunkSize if larger
-    assert Config.load(write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n'
-                                       '[Advanced]\nChunkSize = 64\n')).ResumableThreshold == 64
+    assert config.ResumableThreshold == 64      # one PutObject up to 64 MiB and half of MemoryLimit...
+    for advanced, threshold in (('ChunkSize = 100', 100),                   # ...or ChunkSize if larger
+                                ('MemoryLimit = 64', 32), ('MemoryLimit = 16', 8)):
+        assert Config.load(write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n'
+                                           f'[Advanced]\n{advanced}\n')).ResumableThreshold == threshold, advanced
 
 
 def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):

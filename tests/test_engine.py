@@ -352,11 +352,11 @@ def test_a_file_of_exactly_the_threshold_goes_in_one_put(seaweed, tool, tmp_path
     assert run.report['parts_uploaded'] == 1 + 2
 
 
-def test_by_default_files_up_to_32_mib_go_in_one_put(seaweed, tool, tmp_path):
-    """Without ResumableThreshold, files up to 32 MiB go in one PutObject (a multipart upload costs a store
+def test_by_default_files_up_to_64_mib_go_in_one_put(seaweed, tool, tmp_path):
+    """Without ResumableThreshold, files up to 64 MiB go in one PutObject (a multipart upload costs a store
     that joins parts by copying them more), larger ones in parts of ChunkSize (8 MiB)."""
-    files = {'mid.bin': random_bytes(20 * MiB, 3), 'at.bin': random_bytes(32 * MiB, 4),
-             'over.bin': random_bytes(32 * MiB + 1, 5)}
+    files = {'mid.bin': random_bytes(20 * MiB, 3), 'at.bin': random_bytes(64 * MiB, 4),
+             'over.bin': random_bytes(64 * MiB + 1, 5)}
     bucket = seaweed.bucket()
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files)))
     assert run.code == 0, run.stderr
@@ -364,8 +364,8 @@ def test_by_default_files_up_to_32_mib_go_in_one_put(seaweed, tool, tmp_path):
     client = seaweed.client()
     assert '-' not in client.head_object(Bucket=bucket, Key='mid.bin')['ETag']
     assert '-' not in client.head_object(Bucket=bucket, Key='at.bin')['ETag']
-    assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-5')
-    assert run.report['parts_uploaded'] == 2 + 5
+    assert client.head_object(Bucket=bucket, Key='over.bin')['ETag'].strip('"').endswith('-9')
+    assert run.report['parts_uploaded'] == 2 + 9
 
 
 # The in-flight window (Concurrency = auto) and the memory budget it moves ###
@@ -523,6 +523,21 @@ def test_file_gate_lets_limit_files_through_and_follows_resizes():
     with pytest.raises(Stopped):
         gate.acquire()                           # room left, but the run stopped: no more files start
     assert gate.used == 1
+
+
+def test_two_whole_files_go_at_once_in_a_window_too_small_for_them():
+    """A file sent in one request asks for at most half the window, while two whole ones fit in MemoryLimit."""
+    import threading
+    from s3_upload import MemoryBudget
+    memory = MemoryBudget(512 * MiB, threading.Event())
+    memory.resize(64 * MiB)                       # the window at its start on a LAN
+    assert memory.whole_file(48 * MiB) == 32 * MiB and memory.whole_file(20 * MiB) == 20 * MiB
+    first, second = memory.take(memory.whole_file(48 * MiB)), memory.take(memory.whole_file(48 * MiB))
+    assert memory.used == 64 * MiB and not memory.waited
+    memory.give(first), memory.give(second)
+    memory.resize(512 * MiB)
+    assert memory.whole_file(48 * MiB) == 48 * MiB                  # a grown window holds the whole file
+    assert MemoryBudget(64 * MiB, threading.Event()).whole_file(48 * MiB) == 48 * MiB   # two do not fit
 
 
 def test_memory_budget_serves_waiters_in_order_and_follows_resizes():
