@@ -14,7 +14,8 @@ Data sets: (a) one 1 GiB file, (b) 2,000 files of 256 KiB, (c) a mix (1 x 300 Mi
 1,000 x 16 KiB, 20 x 0 B), (d) S3 -> S3 of (c) from another server with other credentials, (e) resume:
 time to finish after a kill at 50 % of (a) versus an uninterrupted run; (f) 5,000 files of 4 KiB
 (per-request cost and files in flight; on loopback by default, over the long link with --wan-sets);
-(g) 40 files of 20 MiB (mid-size: one request or a multipart upload each; only when asked, --sets g).
+(g) 40 files of 20 MiB and (h) 16 files of 48 MiB (mid-size: one request or a multipart upload each;
+only when asked, --sets g,h).
 Results go to bench/results/<name>.md and .json (and a PNG chart when matplotlib is installed).
 """
 
@@ -194,6 +195,7 @@ DATASETS = {
          [(f'mix/small/{i:04d}.txt', 16 * 1024) for i in range(1000)] + [(f'mix/empty/{i:02d}', 0) for i in range(20)],
     'f': [(f't/{i // 1000}/{i:04d}.txt', 4096) for i in range(5000)],
     'g': [(f'mid/{i:02d}.bin', 20 * MiB) for i in range(40)],
+    'h': [(f'mid48/{i:02d}.bin', 48 * MiB) for i in range(16)],
 }
 
 
