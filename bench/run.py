@@ -519,7 +519,7 @@ def version() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f; also g)')
+    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f; also g, h)')
     parser.add_argument('--servers', default='rclone,seaweedfs', help='rclone and/or seaweedfs')
     parser.add_argument('--tools', default='s3_upload,' + ','.join(PEERS))
     parser.add_argument('--repeat', type=int, default=2,
