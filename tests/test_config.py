@@ -41,7 +41,7 @@ def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):
     assert config.DesEndPointURL == 'https://storage.googleapis.com'
     assert config.S3Prefix == 'data' and config.SrcPrefix == 'data'   # SrcPrefix defaults to S3Prefix
     assert config.StorageClass == 'STANDARD_IA'
-    assert config.chunk_bytes == 5 * MiB and config.threshold_bytes == 32 * MiB
+    assert config.chunk_bytes == 5 * MiB and config.threshold_bytes == 64 * MiB
 
 
 def test_src_prefix_and_overrides(tmp_path):
