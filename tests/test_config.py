@@ -28,6 +28,7 @@ def test_minimal_ini_gets_every_advanced_default_from_the_shipped_ini(tmp_path):
                                 ('MemoryLimit = 64', 32), ('MemoryLimit = 16', 8)):
         assert Config.load(write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n'
                                            f'[Advanced]\n{advanced}\n')).ResumableThreshold == threshold, advanced
+    assert Config.load(s3_upload.default_config_path(), {'MemoryLimit': '64'}).ResumableThreshold == 32
 
 
 def test_keys_are_case_insensitive_and_original_ini_loads(tmp_path):
