@@ -676,7 +676,7 @@ def test_small_local_files_are_finished_by_the_lanes_answers_not_a_thread_each(u
     files['big.bin'] = random_bytes(6 * MiB, 1)
     bucket = seaweed.bucket()
     run = tool.run(dest_settings(seaweed, bucket, SrcDir=write_tree(tmp_path / 'src', files), LoggingLevel='DEBUG',
-                                 ChunkSize=5, ResumableThreshold=5, UseCRT=use_crt))
+                                 **SMALL_PARTS, UseCRT=use_crt))
     assert run.code == 0, run.stderr
     assert bucket_contents(seaweed, bucket) == files
     assert run.report['files_transferred'] == len(files) and sum(run.report['verified_by'].values()) == len(files)
@@ -694,7 +694,7 @@ def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seawee
     src, dst = seaweed.bucket('src'), moto.bucket()
     for key, body in objects.items():
         seaweed.client().put_object(Bucket=src, Key=key, Body=body)
-    run = tool.run(s3_to_s3(seaweed, src, moto, dst, LoggingLevel='DEBUG', ChunkSize=5, ResumableThreshold=5,
+    run = tool.run(s3_to_s3(seaweed, src, moto, dst, LoggingLevel='DEBUG', **SMALL_PARTS,
                             UseCRT=use_crt))
     assert run.code == 0, run.stderr
     assert bucket_contents(moto, dst) == objects
