@@ -5159,8 +5159,10 @@ class Cluster:
         self.status = None
         if config.StatusTable:
             owner = f'{socket.gethostname()}:{os.getpid()}:{random.randrange(1 << 30):x}'
+            # A lease ends a second before its message can be received again (the heartbeat renews the
+            # lease after hiding the message): the next worker to receive it finds the object free, not busy.
             self.status = StatusTable(_service_client(config, 'dynamodb', config.DynamoDBEndpointURL),
-                                      config.StatusTable, owner, config.VisibilityTimeout)
+                                      config.StatusTable, owner, config.VisibilityTimeout - 1)
         self.credentials, self.credentials_region = None, ''
         if config.CredentialsParameter:
             self.credentials, self.credentials_region = parameter_credentials(
