@@ -2915,20 +2915,10 @@ class Switch:
             self.enabled = False
 
 
-class Attempt:
-    """One try of sending a part: when its request began (None while it waits for memory or the bandwidth
-    limit) and whether another try of the part finished first (then it is cut off)."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.began: Optional[float] = None
-        self.overtaken = threading.Event()
-
-
 class Stragglers:
-    """Spots a part whose request has been in flight far longer than the parts before it took (on a long
-    link one TCP connection slowed by losses can take several times as long as the others, and the file
-    waits for its last part), so that a second try of it, on another connection, can overtake it."""
+    """Spots a part in flight far longer than the parts before it took (on a long link, one TCP connection
+    slowed by losses can take several times as long as the others, and the file waits for its last part),
+    so that a second try of it, on another connection, can overtake it."""
 
     FACTOR = 2.5        # a straggler has been in flight this many times the median part's time,
     FLOOR = 2.0         # and at least this many seconds
@@ -2939,9 +2929,9 @@ class Stragglers:
         self.times: collections.deque = collections.deque(maxlen=16)     # seconds of the latest parts
         self.raced: set = set()                                          # part numbers sent a second time
 
-    def finished(self, attempt: Attempt) -> None:
-        if attempt.number not in self.raced and attempt.began is not None:
-            self.times.append(time.monotonic() - attempt.began)
+    def finished(self, number: int, seconds: float) -> None:
+        if number not in self.raced:
+            self.times.append(seconds)
 
     def usual(self) -> float:
         """The median seconds of the latest parts; infinite until enough parts finished."""
@@ -2951,27 +2941,26 @@ class Stragglers:
         """Seconds in flight that make a part a straggler."""
         return max(self.FLOOR, self.FACTOR * self.usual())
 
-    def overdue(self, attempts: List[Attempt]) -> List[Attempt]:
-        """Of the attempts in flight, those whose part is to be sent a second time now, the oldest first."""
+    def overdue(self, tries: List[Tuple[int, float, Any]]) -> List[Tuple[int, float]]:
+        """Of the tries in flight (part number, started, ...), the parts to send a second time now, each with
+        the seconds it has been in flight."""
         now, limit = time.monotonic(), self.limit()
-        late = sorted((attempt for attempt in attempts if attempt.began is not None and now - attempt.began > limit
-                       and attempt.number not in self.raced), key=lambda attempt: attempt.began or 0.0)
-        chosen = late[:self.room(attempts)]
-        self.raced.update(attempt.number for attempt in chosen)
+        late = sorted((started, number) for number, started, _ in tries
+                      if now - started > limit and number not in self.raced)
+        chosen = [(number, now - started) for started, number in late[:self.room(tries)]]
+        self.raced.update(number for number, _ in chosen)
         return chosen
 
-    def next_due(self, attempts: List[Attempt]) -> float:
-        """When to look again (time.monotonic()): the next request in flight becomes a straggler, or one not
-        yet begun may have begun (in half a second); infinity if nothing can be raced before a part finishes."""
-        if not self.room(attempts) or self.usual() == math.inf:
-            return math.inf             # a part finishing wakes the caller anyway
-        waiting = [attempt for attempt in attempts if attempt.number not in self.raced]
-        return min([attempt.began + self.limit() if attempt.began is not None else time.monotonic() + 0.5
-                    for attempt in waiting], default=math.inf)
+    def next_due(self, tries: List[Tuple[int, float, Any]]) -> float:
+        """When the next try in flight becomes a straggler that may be raced (time.monotonic()), or infinity."""
+        if not self.room(tries):
+            return math.inf          # a try finishing frees room, and wakes the caller anyway
+        return min((started + self.limit() for number, started, _ in tries if number not in self.raced),
+                   default=math.inf)
 
-    def room(self, attempts: List[Attempt]) -> int:
+    def room(self, tries: List[Tuple[int, float, Any]]) -> int:
         """How many more parts may get a second try now."""
-        return max(0, self.AT_ONCE - len({attempt.number for attempt in attempts if attempt.number in self.raced}))
+        return max(0, self.AT_ONCE - len({number for number, _, _ in tries if number in self.raced}))
 
 
 class FileTransfer:
@@ -3262,10 +3251,10 @@ class MultipartCopy:
     def _send_parts(self, upload_id: str, part_size: int, numbers: List[int], done: Dict[int, PartDone]) -> None:
         """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged;
         a part sent through this machine that straggles is sent a second time (see Engine.run_parts)."""
-        def send(attempt: Attempt) -> PartDone:
+        def send(number: int, overtaken: threading.Event) -> PartDone:
             if self.server_side:
-                return self._copy_part(upload_id, part_size, attempt.number)
-            return self._send_part(upload_id, part_size, attempt)
+                return self._copy_part(upload_id, part_size, number)
+            return self._send_part(upload_id, part_size, number, overtaken)
         moved = 'bytes_copied_server_side' if self.server_side else 'bytes_transferred'
         try:
             for part in self.engine.run_parts(send, numbers, self.key, self.transfer.stop,
@@ -3412,21 +3401,20 @@ class MultipartCopy:
     def _read(self, number: int, offset: int, length: int) -> bytes:
         return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)
 
-    def _send_part(self, upload_id: str, part_size: int, attempt: Attempt) -> PartDone:
+    def _send_part(self, upload_id: str, part_size: int, number: int, overtaken: threading.Event) -> PartDone:
         with self.engine.memory.hold(part_size):
-            return self._send_part_in_memory(upload_id, part_size, attempt)
+            return self._send_part_in_memory(upload_id, part_size, number, overtaken)
 
-    def _send_part_in_memory(self, upload_id: str, part_size: int, attempt: Attempt) -> PartDone:
-        number = attempt.number
+    def _send_part_in_memory(self, upload_id: str, part_size: int, number: int,
+                             overtaken: threading.Event) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self._read(number, offset, length)
         checksum = self.destination.checksum.of(data) if self.destination.checksum else None
         md5 = None if checksum is not None and self.engine.checksum_instead.enabled else md5_of(data)
         crc = self.whole.compute(data) if self.whole else None
         self.engine.limiter.take(length)
-        attempt.began = time.monotonic()
         etag, echo = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
-                                self.key, upload_id, number, data, md5, checksum, attempt.overtaken)
+                                self.key, upload_id, number, data, md5, checksum, overtaken)
         if md5 is None:
             md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
         return PartDone(number, length, etag, md5, checksum, crc)
@@ -3793,41 +3781,40 @@ class Engine:
         except Stopped:
             pass
 
-    def run_parts(self, send: Callable[[Attempt], PartDone], numbers: List[int], key: str,
+    def run_parts(self, send: Callable[[int, threading.Event], PartDone], numbers: List[int], key: str,
                   stop: Optional[threading.Event] = None, race: bool = False) -> Iterator[PartDone]:
-        """send(Attempt(number)) for each part, at most MaxThread parts in flight; yield each part as it
+        """send(number, overtaken) for each part, at most MaxThread parts in flight; yield each part as it
         finishes; no new ones once stopped. race: a straggler (see Stragglers) is sent a second time beside
-        the first try; the try that finishes first counts and the other is cut off (its overtaken is set)."""
+        the first try, the try that finishes first counts and the other is cut off (its overtaken is set)."""
         stop = stop or self.stop
         queue = list(reversed(numbers))
-        tries: Dict[Future, Attempt] = {}
+        tries: Dict[Future, Tuple[int, float, threading.Event]] = {}     # -> (part number, started, overtaken)
         stragglers = Stragglers()
         error: Optional[BaseException] = None
 
         def start(number: int) -> None:
-            attempt = Attempt(number)
-            tries[self.part_pool.submit(send, attempt)] = attempt
+            overtaken = threading.Event()
+            tries[self.part_pool.submit(send, number, overtaken)] = (number, time.monotonic(), overtaken)
 
         while queue or tries:
             going = error is None and not stop.is_set() and not self.stop.is_set()
-            while queue and going and len({attempt.number for attempt in tries.values()}) < self.config.MaxThread:
+            while queue and going and len({number for number, _, _ in tries.values()}) < self.config.MaxThread:
                 start(queue.pop())
             due = math.inf
             if race and going:
-                for late in stragglers.overdue(list(tries.values())):
+                for number, seconds in stragglers.overdue(list(tries.values())):
                     logger.info('%s: part %d has been in flight %.1fs (the latest parts took %.1fs); sending it '
-                                'a second time beside it', key, late.number, time.monotonic() - (late.began or 0.0),
-                                stragglers.usual())
+                                'a second time beside it', key, number, seconds, stragglers.usual())
                     self.progress.add(parts_raced=1)
-                    start(late.number)
+                    start(number)
                 due = stragglers.next_due(list(tries.values()))
             if not tries:
                 break
             done, _ = wait(tries, timeout=None if due == math.inf else max(0.01, due - time.monotonic()),
                            return_when=FIRST_COMPLETED)
             for future in done:
-                attempt = tries.pop(future)
-                twins = [twin for twin, other in tries.items() if other.number == attempt.number]
+                number, started, _ = tries.pop(future)
+                twins = [twin for twin, (other, _, _) in tries.items() if other == number]
                 try:
                     part = future.result()
                 except BaseException as failure:  # noqa: BLE001 - let in-flight parts finish, then raise
@@ -3835,8 +3822,8 @@ class Engine:
                         error = error or failure
                     continue
                 for twin in twins:
-                    tries.pop(twin).overtaken.set()     # cut the slower try off; its thread ends by itself
-                stragglers.finished(attempt)
+                    tries.pop(twin)[2].set()    # cut the slower try off; its thread ends by itself
+                stragglers.finished(number, time.monotonic() - started)
                 yield part
         if error is not None:
             raise error

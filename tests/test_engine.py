@@ -399,33 +399,26 @@ def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: 
 
 def test_a_part_straggles_past_two_and_a_half_median_part_times_and_two_race_at_most():
     import time
-    from s3_upload import Attempt, Stragglers
-
-    def attempt(number, seconds=None):
-        """A try of part number whose request began seconds ago (None: still waiting for memory)."""
-        made = Attempt(number)
-        made.began = None if seconds is None else time.monotonic() - seconds
-        return made
-
+    from s3_upload import Stragglers
     stragglers = Stragglers()
-    in_flight = [attempt(5, 30.0), attempt(6, 2.6), attempt(7, 2.7), attempt(8, 1.0), attempt(9)]
+    now = time.monotonic()
+    in_flight = [(5, now - 30.0, None), (6, now - 2.6, None), (7, now - 2.7, None), (8, now - 1.0, None)]
     for number, seconds in ((1, 1.0), (2, 0.8), (3, 1.2)):
-        stragglers.finished(attempt(number, seconds))
+        stragglers.finished(number, seconds)
     assert stragglers.overdue(in_flight) == [] and stragglers.next_due(in_flight) == float('inf')  # 3 samples
-    stragglers.finished(attempt(4, 1.0))
-    assert round(stragglers.usual(), 1) == 1.0 and round(stragglers.limit(), 1) == 2.5
-    assert [late.number for late in stragglers.overdue(in_flight)] == [5, 7]     # oldest first, two at most
-    assert stragglers.next_due(in_flight) == float('inf')      # no room until a raced part finishes
-    stragglers.finished(in_flight[0])                          # a raced part's time says nothing of the link
-    assert round(stragglers.usual(), 1) == 1.0
-    in_flight = [in_flight[1], in_flight[3], in_flight[4]]
-    assert [late.number for late in stragglers.overdue(in_flight)] == [6]       # part 9 has not begun
-    assert stragglers.next_due([in_flight[2]]) <= time.monotonic() + 0.5       # look again soon: it may begin
-    assert stragglers.overdue([attempt(6, 9.0)]) == []                          # a part races once
+    stragglers.finished(4, 1.0)
+    assert stragglers.usual() == 1.0 and stragglers.limit() == 2.5
+    assert [number for number, _ in stragglers.overdue(in_flight)] == [5, 7]        # oldest first, two at most
+    assert stragglers.next_due(in_flight) == float('inf')       # no room until a raced part finishes
+    stragglers.finished(5, 30.0)                                # a raced part's time says nothing of the link
+    assert stragglers.usual() == 1.0
+    in_flight = [(6, now - 2.6, None), (8, now - 1.0, None)]
+    assert [number for number, _ in stragglers.overdue(in_flight)] == [6]
+    assert stragglers.overdue([(6, now - 9.0, None)]) == []                         # a part races once
     assert Stragglers().limit() == float('inf')
     fast = Stragglers()
     for number in range(4):
-        fast.finished(attempt(number, 0.1))
+        fast.finished(number, 0.1)
     assert fast.limit() == Stragglers.FLOOR                   # loopback: never below the floor
 
 
