@@ -471,11 +471,6 @@ class Stopped(Exception):
     """The user asked to stop; the work in hand is left resumable."""
 
 
-class Overtaken(BaseException):
-    """Raised in a request's body when another try of the same part finished first: the request is cut off.
-    Not an Exception, so that no layer (botocore, urllib3, the Retrier) takes it for an error to retry."""
-
-
 FATAL_ERROR_CODES = frozenset((
     'AccessDenied', 'AllAccessDisabled', 'AccountProblem', 'ExpiredToken', 'InvalidAccessKeyId',
     'InvalidBucketName', 'InvalidToken', 'NoSuchBucket', 'NoSuchKey', 'NoSuchUpload', 'NotFound',
@@ -1914,18 +1909,15 @@ class Payload:
 
     SLICE = 256 * 1024
 
-    def __init__(self, data: bytes, meter: Meter, overtaken: Optional[threading.Event] = None) -> None:
+    def __init__(self, data: bytes, meter: Meter) -> None:
         self.view = memoryview(data)
         self.position = 0
         self.meter = meter
-        self.overtaken = overtaken          # set: cut the request off at the next slice (raises Overtaken)
 
     def __len__(self) -> int:
         return len(self.view)
 
     def read(self, amount: Optional[int] = -1) -> memoryview:
-        if self.overtaken is not None and self.overtaken.is_set():
-            raise Overtaken()
         end = len(self.view) if amount is None or amount < 0 else self.position + max(amount, self.SLICE)
         chunk = self.view[self.position:end]
         self.position += len(chunk)
@@ -2244,12 +2236,10 @@ class Destination:
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)['UploadId']
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: Optional[bytes],
-                    checksum: Optional[bytes], overtaken: Optional[threading.Event] = None) -> Tuple[str, str]:
-        """UploadPart, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back).
-        Setting overtaken cuts the request off (Overtaken) while its body is being sent."""
+                    checksum: Optional[bytes]) -> Tuple[str, str]:
+        """UploadPart, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
         response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=Payload(data, self.meter, overtaken),
-                                           **({'ContentMD5': b64(md5)} if md5 else {}),
+                                           Body=Payload(data, self.meter), **({'ContentMD5': b64(md5)} if md5 else {}),
                                            **self.payer, **self._checksum_arg(checksum))
         return _etag_of(response, 'UploadPart'), self._echo(response)
 
@@ -2611,7 +2601,6 @@ class Progress:
         self.bytes_copied_server_side = 0
         self.bytes_redone = 0                    # counted as done, then sent again (a file started over)
         self.parts_uploaded = self.parts_resumed = 0
-        self.parts_raced = 0                     # straggling parts sent a second time beside the first try
         self.verified_by: Dict[str, int] = {}
         self.failures: List[Dict[str, str]] = []
         self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
@@ -2665,7 +2654,7 @@ class Progress:
             counts = {name: getattr(self, name) for name in (
                 'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
                 'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
-                'bytes_redone', 'parts_uploaded', 'parts_resumed', 'parts_raced', 'listing_done')}
+                'bytes_redone', 'parts_uploaded', 'parts_resumed', 'listing_done')}
             counts['bytes_done'] = self.bytes_done
             counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
         counts['seconds'] = time.monotonic() - self.started
@@ -2913,54 +2902,6 @@ class Switch:
             if self.enabled:
                 logger.warning('%s is not possible here (%s): %s', self.shortcut, why, self.instead)
             self.enabled = False
-
-
-class Stragglers:
-    """Spots a part in flight far longer than the parts before it took (on a long link, one TCP connection
-    slowed by losses can take several times as long as the others, and the file waits for its last part),
-    so that a second try of it, on another connection, can overtake it."""
-
-    FACTOR = 2.5        # a straggler has been in flight this many times the median part's time,
-    FLOOR = 2.0         # and at least this many seconds
-    SAMPLES = 4         # parts of the file finished before any is judged (the first ones ride TCP slow start)
-    AT_ONCE = 2         # parts with a second try in flight at once, at most
-
-    def __init__(self) -> None:
-        self.times: collections.deque = collections.deque(maxlen=16)     # seconds of the latest parts
-        self.raced: set = set()                                          # part numbers sent a second time
-
-    def finished(self, number: int, seconds: float) -> None:
-        if number not in self.raced:
-            self.times.append(seconds)
-
-    def usual(self) -> float:
-        """The median seconds of the latest parts; infinite until enough parts finished."""
-        return sorted(self.times)[len(self.times) // 2] if len(self.times) >= self.SAMPLES else math.inf
-
-    def limit(self) -> float:
-        """Seconds in flight that make a part a straggler."""
-        return max(self.FLOOR, self.FACTOR * self.usual())
-
-    def overdue(self, tries: List[Tuple[int, float, Any]]) -> List[Tuple[int, float]]:
-        """Of the tries in flight (part number, started, ...), the parts to send a second time now, each with
-        the seconds it has been in flight."""
-        now, limit = time.monotonic(), self.limit()
-        late = sorted((started, number) for number, started, _ in tries
-                      if now - started > limit and number not in self.raced)
-        chosen = [(number, now - started) for started, number in late[:self.room(tries)]]
-        self.raced.update(number for number, _ in chosen)
-        return chosen
-
-    def next_due(self, tries: List[Tuple[int, float, Any]]) -> float:
-        """When the next try in flight becomes a straggler that may be raced (time.monotonic()), or infinity."""
-        if not self.room(tries):
-            return math.inf          # a try finishing frees room, and wakes the caller anyway
-        return min((started + self.limit() for number, started, _ in tries if number not in self.raced),
-                   default=math.inf)
-
-    def room(self, tries: List[Tuple[int, float, Any]]) -> int:
-        """How many more parts may get a second try now."""
-        return max(0, self.AT_ONCE - len({number for number, _, _ in tries if number in self.raced}))
 
 
 class FileTransfer:
@@ -3249,18 +3190,10 @@ class MultipartCopy:
         return self._verify(etag, parts, info, end_to_end, answered)
 
     def _send_parts(self, upload_id: str, part_size: int, numbers: List[int], done: Dict[int, PartDone]) -> None:
-        """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged;
-        a part sent through this machine that straggles is sent a second time (see Engine.run_parts)."""
-        def send(number: int, overtaken: threading.Event) -> PartDone:
-            if self.server_side:
-                return self._copy_part(upload_id, part_size, number)
-            return self._send_part(upload_id, part_size, number, overtaken)
-        moved = 'bytes_copied_server_side' if self.server_side else 'bytes_transferred'
+        """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged."""
+        send = self._copy_part if self.server_side else self._send_part
         try:
-            for part in self.engine.run_parts(send, numbers, self.key, self.transfer.stop,
-                                                 race=not self.server_side):
-                self.progress.add(**{moved: part.size}, parts_uploaded=1)
-                self.progress.file_advanced(self.key, part.size)
+            for part in self.engine.run_parts(send, upload_id, part_size, numbers, self.transfer.stop):
                 done[part.number] = part
                 self.engine.journal.part_done(upload_id, part.number, part.etag,
                                               b64(part.checksum) if part.checksum else '')
@@ -3401,12 +3334,11 @@ class MultipartCopy:
     def _read(self, number: int, offset: int, length: int) -> bytes:
         return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)
 
-    def _send_part(self, upload_id: str, part_size: int, number: int, overtaken: threading.Event) -> PartDone:
+    def _send_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
         with self.engine.memory.hold(part_size):
-            return self._send_part_in_memory(upload_id, part_size, number, overtaken)
+            return self._send_part_in_memory(upload_id, part_size, number)
 
-    def _send_part_in_memory(self, upload_id: str, part_size: int, number: int,
-                             overtaken: threading.Event) -> PartDone:
+    def _send_part_in_memory(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self._read(number, offset, length)
         checksum = self.destination.checksum.of(data) if self.destination.checksum else None
@@ -3414,9 +3346,11 @@ class MultipartCopy:
         crc = self.whole.compute(data) if self.whole else None
         self.engine.limiter.take(length)
         etag, echo = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
-                                self.key, upload_id, number, data, md5, checksum, overtaken)
+                                self.key, upload_id, number, data, md5, checksum)
         if md5 is None:
             md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
+        self.progress.add(bytes_transferred=length, parts_uploaded=1)
+        self.progress.file_advanced(self.key, length)
         return PartDone(number, length, etag, md5, checksum, crc)
 
     def _copy_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
@@ -3429,6 +3363,8 @@ class MultipartCopy:
             raise _server_side_error(error) from None
         if length and clean_etag(etag) == EMPTY_MD5:
             raise ServerSideUnavailable('the store answered UploadPartCopy with an empty part')
+        self.progress.add(bytes_copied_server_side=length, parts_uploaded=1)
+        self.progress.file_advanced(self.key, length)
         return PartDone(number, length, etag, md5_hex_etag(etag), base64.b64decode(checksum) if checksum else None)
 
     def _fill_missing_checksums(self, parts: List[PartDone], part_size: int) -> None:
@@ -3781,50 +3717,25 @@ class Engine:
         except Stopped:
             pass
 
-    def run_parts(self, send: Callable[[int, threading.Event], PartDone], numbers: List[int], key: str,
-                  stop: Optional[threading.Event] = None, race: bool = False) -> Iterator[PartDone]:
-        """send(number, overtaken) for each part, at most MaxThread parts in flight; yield each part as it
-        finishes; no new ones once stopped. race: a straggler (see Stragglers) is sent a second time beside
-        the first try, the try that finishes first counts and the other is cut off (its overtaken is set)."""
+    def run_parts(self, send: Callable[[str, int, int], PartDone], upload_id: str, part_size: int,
+                  numbers: List[int], stop: Optional[threading.Event] = None) -> Iterator[PartDone]:
+        """Send parts with at most MaxThread in flight; yield each as it finishes; no new ones once stopped."""
         stop = stop or self.stop
         queue = list(reversed(numbers))
-        tries: Dict[Future, Tuple[int, float, threading.Event]] = {}     # -> (part number, started, overtaken)
-        stragglers = Stragglers()
+        pending: set = set()
         error: Optional[BaseException] = None
-
-        def start(number: int) -> None:
-            overtaken = threading.Event()
-            tries[self.part_pool.submit(send, number, overtaken)] = (number, time.monotonic(), overtaken)
-
-        while queue or tries:
-            going = error is None and not stop.is_set() and not self.stop.is_set()
-            while queue and going and len({number for number, _, _ in tries.values()}) < self.config.MaxThread:
-                start(queue.pop())
-            due = math.inf
-            if race and going:
-                for number, seconds in stragglers.overdue(list(tries.values())):
-                    logger.info('%s: part %d has been in flight %.1fs (the latest parts took %.1fs); sending it '
-                                'a second time beside it', key, number, seconds, stragglers.usual())
-                    self.progress.add(parts_raced=1)
-                    start(number)
-                due = stragglers.next_due(list(tries.values()))
-            if not tries:
+        while queue or pending:
+            while (queue and len(pending) < self.config.MaxThread and error is None and not stop.is_set()
+                   and not self.stop.is_set()):
+                pending.add(self.part_pool.submit(send, upload_id, part_size, queue.pop()))
+            if not pending:
                 break
-            done, _ = wait(tries, timeout=None if due == math.inf else max(0.01, due - time.monotonic()),
-                           return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                number, started, _ = tries.pop(future)
-                twins = [twin for twin, (other, _, _) in tries.items() if other == number]
                 try:
-                    part = future.result()
+                    yield future.result()
                 except BaseException as failure:  # noqa: BLE001 - let in-flight parts finish, then raise
-                    if not twins:           # else the other try of the part may still get it there
-                        error = error or failure
-                    continue
-                for twin in twins:
-                    tries.pop(twin)[2].set()    # cut the slower try off; its thread ends by itself
-                stragglers.finished(number, time.monotonic() - started)
-                yield part
+                    error = error or failure
         if error is not None:
             raise error
         if queue:
@@ -3870,7 +3781,6 @@ class Report:
     dry_run: bool = False
     source: str = ''
     destination: str = ''
-    parts_raced: int = 0
 
     @classmethod
     def from_progress(cls, progress: Progress, stopped: bool, source: str, destination: str,
@@ -3881,7 +3791,7 @@ class Report:
                        progress.bytes_resumed, progress.parts_uploaded, progress.parts_resumed,
                        round(time.monotonic() - progress.started, 3), list(progress.failures),
                        progress.bytes_copied_server_side, progress.files_excluded, dict(progress.verified_by),
-                       stopped, dry_run, source, destination, progress.parts_raced)
+                       stopped, dry_run, source, destination)
 
     @property
     def exit_code(self) -> int:
@@ -3904,9 +3814,6 @@ class Report:
             f'{human_bytes(self.bytes_resumed)} already uploaded ({self.parts_resumed} parts), '
             f'{human_bytes(self.bytes_total)} selected',
         ]
-        if self.parts_raced:
-            lines.append(f'sent {self.parts_raced} straggling part(s) a second time beside the first try '
-                         '(the first to finish counted)')
         if self.bytes_copied_server_side:
             lines.append(f'copied {human_bytes(self.bytes_copied_server_side)} inside the store (server-side copy)')
         if self.verified_by:

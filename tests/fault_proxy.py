@@ -8,16 +8,13 @@ and a regular expression on the path + query, fire a given number of times, and 
     reset_response  forward, then send half of the response and reset the connection
     stall           forward, then wait `seconds` before answering
     delay           wait `seconds`, then forward (requests sent together reach the server in another order)
-    slow            take the request body in at `rate` bytes a second (a TCP connection slowed down on a long
-                    link; with a small receive_buffer the client cannot hand the kernel much of it at once)
     truncate        forward, then announce the full body but send only half of it and close
     status          answer `status` with S3 error `code` (and `message`) without forwarding (500 InternalError...)
     corrupt         flip one byte of the request body before forwarding (the server's Content-MD5 check fails)
     corrupt_answer  flip one byte of the response body (what a bad link or disk would hand the client)
     headers         forward, then answer with the response headers in `headers` replaced (None: left out)
 
-`upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short (a request
-the client cut off is logged as 'cut');
+`upload_bytes` counts request-body bytes the client sent in PUT/POST requests, whole or cut short;
 `agents` lists (method, target, User-Agent) of every request, to tell which HTTP stack sent it,
 `arrivals` the time.monotonic() at which each of them arrived, with `at_once` the requests it was then
 handling (that one included), and `peak` the most it ever handled at once.
@@ -49,7 +46,6 @@ class Rule:
     code: str = 'InternalError'
     message: str = ''
     seconds: float = 0.0
-    rate: int = 0
     headers: Optional[Dict[str, Optional[str]]] = None
     hits: int = 0
 
@@ -67,7 +63,7 @@ class ProxyServer(ThreadingHTTPServer):
 class FaultProxy:
     """Forwards to upstream, injecting the faults of its rules."""
 
-    def __init__(self, upstream: str, receive_buffer: int = 0) -> None:
+    def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.rules: List[Rule] = []
@@ -84,11 +80,7 @@ class FaultProxy:
         class Handler(ProxyHandler):
             owner = proxy
 
-        self.httpd = ProxyServer(('127.0.0.1', 0), Handler, bind_and_activate=False)
-        if receive_buffer:      # connections accepted take it over from the start (a narrow TCP window)
-            self.httpd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.httpd.server_bind()
-        self.httpd.server_activate()
+        self.httpd = ProxyServer(('127.0.0.1', 0), Handler)
         self.httpd.daemon_threads = True
         self.endpoint = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -140,20 +132,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
             pass
         self.close_connection = True
 
-    def _read_slowly(self, length: int, rate: int) -> bytes:
-        """The body, a tenth of rate every tenth of a second; short if the client gives up first."""
-        body = b''
-        while len(body) < length:
-            try:
-                chunk = self.rfile.read(min(max(1, rate // 10), length - len(body)))
-            except OSError:
-                break
-            if not chunk:
-                break
-            body += chunk
-            time.sleep(0.1)
-        return body
-
     def _proxy(self) -> None:
         owner = self.owner
         with owner.lock:
@@ -176,13 +154,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.rfile.read(length // 2)
             self.owner.log.append((method, target, 'reset_request'))
             return self._reset()
-        body = self._read_slowly(length, rule.rate) if rule and rule.action == 'slow' else \
-            self.rfile.read(length) if length else b''
+        body = self.rfile.read(length) if length else b''
         if method in ('PUT', 'POST'):
             with self.owner.lock:
                 self.owner.upload_bytes += len(body)
-        if len(body) < length:          # the client died or gave up mid-request: nothing to forward
-            self.owner.log.append((method, target, 'cut'))
+        if len(body) < length:          # the client died mid-request: nothing to forward
             self.close_connection = True
             return
         if rule and rule.action == 'status':

@@ -397,31 +397,6 @@ def second(window, memory, clock, rate_mb: float, limited: bool = True, errors: 
     return memory.limit / window.start_bytes
 
 
-def test_a_part_straggles_past_two_and_a_half_median_part_times_and_two_race_at_most():
-    import time
-    from s3_upload import Stragglers
-    stragglers = Stragglers()
-    now = time.monotonic()
-    in_flight = [(5, now - 30.0, None), (6, now - 2.6, None), (7, now - 2.7, None), (8, now - 1.0, None)]
-    for number, seconds in ((1, 1.0), (2, 0.8), (3, 1.2)):
-        stragglers.finished(number, seconds)
-    assert stragglers.overdue(in_flight) == [] and stragglers.next_due(in_flight) == float('inf')  # 3 samples
-    stragglers.finished(4, 1.0)
-    assert stragglers.usual() == 1.0 and stragglers.limit() == 2.5
-    assert [number for number, _ in stragglers.overdue(in_flight)] == [5, 7]        # oldest first, two at most
-    assert stragglers.next_due(in_flight) == float('inf')       # no room until a raced part finishes
-    stragglers.finished(5, 30.0)                                # a raced part's time says nothing of the link
-    assert stragglers.usual() == 1.0
-    in_flight = [(6, now - 2.6, None), (8, now - 1.0, None)]
-    assert [number for number, _ in stragglers.overdue(in_flight)] == [6]
-    assert stragglers.overdue([(6, now - 9.0, None)]) == []                         # a part races once
-    assert Stragglers().limit() == float('inf')
-    fast = Stragglers()
-    for number in range(4):
-        fast.finished(number, 0.1)
-    assert fast.limit() == Stragglers.FLOOR                   # loopback: never below the floor
-
-
 def test_window_doubles_while_throughput_rises_like_slow_start():
     from s3_upload import InFlightWindow
     window, memory, clock = window_of(8 * InFlightWindow.START_BYTES_FAR)
