@@ -59,6 +59,7 @@ import dataclasses
 import datetime
 import difflib
 import email.utils
+import errno
 import fnmatch
 import gc
 import hashlib
@@ -70,9 +71,12 @@ import math
 import mimetypes
 import os
 import random
+import re
+import shutil
 import signal
 import stat
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -115,6 +119,14 @@ SINGLE_PUT_MIB = 64
 
 def _text(value: str) -> str:
     return value.strip()
+
+
+def _word(value: str) -> str:
+    """A value that is one word (a bucket, region, key id, URL): a space in it is a mistake."""
+    value = value.strip()
+    if any(character.isspace() for character in value):
+        raise ValueError('must be one word, without spaces')
+    return value
 
 
 def _prefix(value: str) -> str:
@@ -196,20 +208,20 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Basic', 'JobType', 'LOCAL_TO_S3', _choice(*JOB_TYPES), 'LOCAL_TO_S3 | S3_TO_S3 | ALIOSS_TO_S3'),
     Option('Basic', 'DesProfileName', 'default', _text, 'AWS profile of the destination (empty = default credential chain)'),
     Option('Basic', 'DesEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else the URL of an S3-compatible endpoint'),
-    Option('Basic', 'DesRegion', '', _text, 'destination region (empty = the profile\'s region)'),
-    Option('Basic', 'DesBucket', None, _text, 'destination bucket'),
+    Option('Basic', 'DesRegion', '', _word, 'destination region (empty = the profile\'s region)'),
+    Option('Basic', 'DesBucket', None, _word, 'destination bucket'),
     Option('Basic', 'S3Prefix', '', _prefix, 'destination folder in the bucket (empty = bucket root)'),
     Option('Basic', 'SrcFileIndex', '*', _text, '* = everything below the source, recursively; else one file/key relative to it'),
     Option('LOCAL_TO_S3', 'SrcDir', None, _text, 'local source folder'),
     Option('S3_TO_S3', 'SrcProfileName', 'default', _text, 'AWS profile of the source'),
     Option('S3_TO_S3', 'SrcEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else an S3-compatible URL'),
-    Option('S3_TO_S3', 'SrcRegion', '', _text, 'source region (empty = the profile\'s region)'),
-    Option('S3_TO_S3', 'SrcBucket', None, _text, 'source bucket'),
+    Option('S3_TO_S3', 'SrcRegion', '', _word, 'source region (empty = the profile\'s region)'),
+    Option('S3_TO_S3', 'SrcBucket', None, _word, 'source bucket'),
     Option('S3_TO_S3', 'SrcPrefix', None, _prefix, 'source folder of S3_TO_S3 / ALIOSS_TO_S3 (default: S3Prefix)'),
-    Option('ALIOSS_TO_S3', 'ali_SrcBucket', None, _text, 'Aliyun OSS source bucket'),
-    Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _text, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
-    Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _text, 'OSS AccessKey secret (better: env OSS_ACCESS_KEY_SECRET)'),
-    Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _text, 'OSS endpoint host, or a full http(s):// URL'),
+    Option('ALIOSS_TO_S3', 'ali_SrcBucket', None, _word, 'Aliyun OSS source bucket'),
+    Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _word, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
+    Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _word, 'OSS AccessKey secret (better: env OSS_ACCESS_KEY_SECRET)'),
+    Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _word, 'OSS endpoint host, or a full http(s):// URL'),
     Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'), 'part size in MiB; grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000), 'retries of one request after transient errors (exponential backoff)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
@@ -233,21 +245,21 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'AddressingStyle', 'auto', _choice('auto', 'path', 'virtual'), 'S3 URL style; auto = path-style for IP/localhost and custom endpoints, virtual-hosted for AWS and OSS'),
     Option('Advanced', 'SignatureVersion', 's3v4', _choice('s3v4', 's3'), 'request signing: s3v4, or s3 (SigV2) for old S3-compatible stores'),
     Option('Advanced', 'SSE', 'none', _choice('none', 'AES256', 'aws:kms'), 'server-side encryption of the new objects'),
-    Option('Advanced', 'SSEKMSKeyId', '', _text, 'KMS key id or ARN for SSE = aws:kms (empty = the bucket/account default key)'),
+    Option('Advanced', 'SSEKMSKeyId', '', _word, 'KMS key id or ARN for SSE = aws:kms (empty = the bucket/account default key)'),
     Option('Advanced', 'ACL', '', _optional(_choice('private', 'public-read', 'public-read-write', 'authenticated-read', 'aws-exec-read', 'bucket-owner-read', 'bucket-owner-full-control')), 'canned ACL of the new objects (empty = none)'),
     Option('Advanced', 'RequestPayer', 'none', _choice('none', 'requester'), 'requester: accept the charges of requester-pays buckets'),
     Option('Advanced', 'CopyMetadata', 'True', _bool, 'copy Content-Type, Content-Encoding, Cache-Control, ... and user metadata from S3/OSS sources'),
     Option('Advanced', 'CopyTags', 'False', _bool, 'copy object tags from S3 sources'),
     Option('Advanced', 'UseCRT', 'auto', _choice('auto', 'never'), 'auto: small PutObjects and GetObjects go through AWS\'s C runtime (awscrt) when it is installed, a third of the CPU per file; never: botocore only'),
     Option('Advanced', 'VerifyTLS', 'True', _bool, 'verify TLS certificates (False only for test endpoints; prints a warning)'),
-    Option('Cluster', 'SqsQueueUrl', '', _text, 'jobsender/worker/Lambda: URL of the SQS job queue'),
-    Option('Cluster', 'StatusTable', '', _text, 'DynamoDB table of per-object status (empty = none)'),
+    Option('Cluster', 'SqsQueueUrl', '', _word, 'jobsender/worker/Lambda: URL of the SQS job queue'),
+    Option('Cluster', 'StatusTable', '', _word, 'DynamoDB table of per-object status (empty = none)'),
     Option('Cluster', 'ClusterProfileName', '', _text, 'AWS profile for SQS, DynamoDB and SSM (empty = default chain)'),
-    Option('Cluster', 'ClusterRegion', '', _text, 'region of the queue, table and parameter (empty = the profile\'s)'),
+    Option('Cluster', 'ClusterRegion', '', _word, 'region of the queue, table and parameter (empty = the profile\'s)'),
     Option('Cluster', 'SqsEndpointURL', '', _endpoint, 'SQS endpoint (empty = AWS; set for local stacks)'),
     Option('Cluster', 'DynamoDBEndpointURL', '', _endpoint, 'DynamoDB endpoint (empty = AWS)'),
     Option('Cluster', 'SsmEndpointURL', '', _endpoint, 'SSM endpoint (empty = AWS)'),
-    Option('Cluster', 'CredentialsParameter', '', _text, 'SSM SecureString with the other side\'s keys as JSON {aws_access_key_id, aws_secret_access_key, region}; /aws/reference/secretsmanager/NAME reads Secrets Manager'),
+    Option('Cluster', 'CredentialsParameter', '', _word, 'SSM SecureString with the other side\'s keys as JSON {aws_access_key_id, aws_secret_access_key, region}; /aws/reference/secretsmanager/NAME reads Secrets Manager'),
     Option('Cluster', 'CredentialsFor', 'Des', _choice('Src', 'Des'), 'the side CredentialsParameter is for: Src | Des'),
     Option('Cluster', 'JobTimeout', '43200', _int_range(1, 10 ** 7, ' of seconds'), 'longest a worker holds one job; then it stops it (resumable) for another attempt'),
     Option('Cluster', 'VisibilityTimeout', '300', _int_range(5, 43200, ' of seconds'), 'how long a received job stays hidden; extended every third of it while the job runs'),
@@ -330,10 +342,12 @@ class Config:
     PollSeconds: int
     StopBeforeTimeout: int
 
-    def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = ()) -> None:
+    def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = (),
+                 strays: Optional[Dict[str, str]] = None) -> None:
         self.path = path
         self.warnings = list(warnings)
         self.raw = dict(raw)
+        self.strays = strays or {}      # key name (lower case) -> the misspelt key or section that may have meant it
         for option in OPTIONS:
             text = raw.get(option.name.lower(), option.default)
             value = None
@@ -361,6 +375,10 @@ class Config:
         for name in needed:
             if not getattr(self, name):
                 option = OPTIONS_BY_KEY[name.lower()]
+                stray = self.strays.get(name.lower())
+                if stray:
+                    raise ConfigError(f'{stray}: so [{option.section}] {name} is missing; fix it in '
+                                      f'{self.path or "the settings"}')
                 raise ConfigError(f'[{option.section}] {name} is missing or empty: set the {option.help} '
                                   f'in {self.path or "the settings"}')
         for name in ('DesBucket', 'SrcBucket'):
@@ -373,7 +391,7 @@ class Config:
              environ: Optional[Dict[str, str]] = None) -> 'Config':
         """Read an ini file (keys case-insensitive, sections optional), then S3UPLOAD_<Key> variables
         of environ, then KEY=VALUE overrides."""
-        raw, warnings = read_settings(path)
+        raw, warnings, strays = _read_ini(path)
         for name, value in (environ or {}).items():
             if name.upper().startswith(ENV_PREFIX):
                 key = name[len(ENV_PREFIX):]
@@ -387,7 +405,7 @@ class Config:
                 raise ConfigError(f'--set {key}: unknown key' + _did_you_mean(key, [o.name for o in OPTIONS])
                                   + '; see --help for the keys')
             raw[key.lower()] = value
-        return cls(raw, path, warnings)
+        return cls(raw, path, warnings, strays)
 
     @classmethod
     def from_settings(cls, settings: Dict[str, Any]) -> 'Config':
@@ -409,6 +427,30 @@ class Config:
 
 def read_settings(path: str) -> Tuple[Dict[str, str], List[str]]:
     """The raw key -> value settings of an ini file (keys lower-cased), and warnings about unknown ones."""
+    raw, warnings, _ = _read_ini(path)
+    return raw, warnings
+
+
+# Free text (paths, names, prefixes) may hold " #" or " ;": taken whole, never cut at a would-be comment.
+FREE_TEXT = (_text, _prefix)
+INLINE_COMMENT = re.compile(r'\s[#;]')
+
+
+def _value(option: Option, path: str, section: str, key: str, value: str, warnings: List[str]) -> str:
+    """A key's value as written: a comment after " #" or " ;" is cut only where the value cannot hold one (a
+    number, a choice, a URL); free text is taken whole, and said so when it looks like it had a comment."""
+    comment = INLINE_COMMENT.search(value)
+    if not comment:
+        return value
+    if option.parse not in FREE_TEXT:
+        return value[:comment.start()]
+    warnings.append(f'{path}: [{section}] {key} = {value!r} is taken whole, "{value[comment.start():].strip()}" included: '
+                    'comments go on lines of their own')
+    return value
+
+
+def _read_ini(path: str) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
+    """raw settings (keys lower-cased), warnings, and what a missing key may have been misspelt as."""
     try:
         with open(path, 'rb') as handle:
             data = handle.read()
@@ -422,27 +464,39 @@ def read_settings(path: str) -> Tuple[Dict[str, str], List[str]]:
     except UnicodeDecodeError as error:
         raise ConfigError(f'config file {path} is not UTF-8 text (byte {error.start}): '
                           'save it as UTF-8') from None
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'),
-                                       strict=True)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None, strict=True)
+    parser.optionxform = str        # type: ignore[assignment,method-assign]  # the user's spelling, for messages
     try:
         parser.read_string(text, source=path)
     except configparser.Error as error:
         first_line = str(error).strip().splitlines()[0]
         raise ConfigError(f'config file {path} cannot be parsed: {first_line}: fix that line') from None
     raw: Dict[str, str] = {}
-    warnings = []
+    warnings: List[str] = []
+    strays: Dict[str, str] = {}
     known_sections = {s.lower() for s in SECTIONS}
+    names = [o.name for o in OPTIONS]
     for section in parser.sections():
         if section.lower() not in known_sections:
-            warnings.append(f'{path}: unknown section [{section}] ignored'
-                            + _did_you_mean(section, SECTIONS))
+            guess = _did_you_mean(f'[{section}]', [f'[{known}]' for known in SECTIONS])
+            keys = list(parser[section])
+            warnings.append(f'{path}: unknown section [{section}] ignored{guess}' +
+                            (f', and with it {", ".join(keys)}' if keys else ''))
+            for key in keys:
+                if key.lower() in OPTIONS_BY_KEY:
+                    strays[key.lower()] = f'{key} is in section [{section}], which is not one of ours{guess}'
+            continue
         for key, value in parser.items(section):
-            if key in OPTIONS_BY_KEY:
-                raw[key] = value
-            elif section.lower() in known_sections:
-                warnings.append(f'{path}: unknown key {key!r} in [{section}] ignored'
-                                + _did_you_mean(key, [o.name for o in OPTIONS]))
-    return raw, warnings
+            option = OPTIONS_BY_KEY.get(key.lower())
+            if option:
+                raw[key.lower()] = _value(option, path, section, key, value, warnings)
+                continue
+            guess = _did_you_mean(key, names)
+            warnings.append(f'{path}: unknown key {key} in [{section}] ignored{guess}')
+            if guess:
+                meant = guess[len(' (did you mean '):-len('?)')]
+                strays.setdefault(meant.lower(), f'unknown key {key} in [{section}]{guess}')
+    return raw, warnings, strays
 
 
 def write_settings(path: str, settings: Dict[str, Any]) -> None:
@@ -1384,7 +1438,7 @@ class LocalSource:
                 handle.seek(offset)
                 data = handle.read(length)
         except FileNotFoundError:
-            raise SourceGone('file vanished') from None
+            raise SourceGone('the file was deleted during the copy') from None
         except OSError as error:
             raise SourceGone(f'cannot read file: {error.strerror}') from None
         if len(data) != length:
@@ -1420,6 +1474,8 @@ class LocalSource:
 
     def current(self, obj: SourceObject) -> SourceObject:
         """The object as it is now (re-stat); raises SourceGone if it vanished."""
+        if not os.path.lexists(obj.location):
+            raise SourceGone('the file was deleted during the copy')
         described = self._describe_file(obj.location, obj.key)
         if described is None or described.problem:
             raise SourceGone(described.problem if described else 'no longer a regular file')
@@ -1428,6 +1484,10 @@ class LocalSource:
     def changed(self, obj: SourceObject) -> bool:
         """Whether the file differs (size or mtime) from when it was listed."""
         return self.current(obj).identity != obj.identity
+
+    def vanished(self, location: str) -> bool:
+        """Whether a file below this folder that a run once started to copy is gone (no run lists it again)."""
+        return location.startswith(self.root + os.sep) and not os.path.lexists(location)
 
     @staticmethod
     def stamp(obj: SourceObject) -> Dict[str, str]:
@@ -1838,6 +1898,7 @@ class PartDone:
     md5: Optional[bytes] = None        # known when the ETag is MD5-based or we hashed the data
     checksum: Optional[bytes] = None   # the additional checksum (ChecksumAlgorithm), raw
     crc: Optional[int] = None          # the source's whole-object CRC algorithm over this part
+    hashed: bool = False               # md5 was computed here from the bytes sent (not taken from the ETag)
 
 
 def reported_checksums(response: Dict[str, Any]) -> Dict[str, str]:
@@ -2475,6 +2536,7 @@ class ResumeJournal:
         self.lock = threading.Lock()
         self.entries: Dict[str, Dict[str, Any]] = {}
         self.seen_size = -1
+        self.broken = ''        # why the journal cannot be written (said once); the transfer goes on without it
         self._load()
 
     def _read(self) -> bool:
@@ -2498,6 +2560,8 @@ class ResumeJournal:
                             entry['checksums'][int(record['number'])] = record['checksum']
                     elif record.get('op') == 'close':
                         entries.pop(record.get('upload_id'), None)
+                    elif record.get('op') == 'abandon' and record.get('upload_id') in entries:
+                        entries[record['upload_id']]['abandoned'] = True
                 self.seen_size = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             return False
@@ -2511,15 +2575,34 @@ class ResumeJournal:
         if not self._read():
             return
         temporary = self.path + f'.{os.getpid()}.tmp'
-        with _private_open(temporary) as handle:
-            for record in self.entries.values():
-                handle.write(json.dumps(record) + '\n')
-        os.replace(temporary, self.path)
+        try:
+            with _private_open(temporary) as handle:
+                for record in self.entries.values():
+                    handle.write(json.dumps(record) + '\n')
+            os.replace(temporary, self.path)
+        except OSError as error:        # the old file stays as it was: compaction is only tidying
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            self._cannot_write(error)
 
     def _append(self, record: Dict[str, Any]) -> None:
         with self.lock:
-            with _private_open(self.path, append=True) as handle:
-                handle.write(json.dumps(record) + '\n')
+            try:
+                with _private_open(self.path, append=True) as handle:
+                    handle.write(json.dumps(record) + '\n')
+            except OSError as error:
+                self._cannot_write(error)
+
+    def _cannot_write(self, error: OSError) -> None:
+        """A journal that cannot be written costs resumability, not the transfer: say so once and go on."""
+        if self.broken:
+            return
+        self.broken = error.strerror or str(error)
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        logger.warning('cannot write the resume journal %s (%s): the transfer goes on, but after a crash the '
+                       'parts sent meanwhile are re-read (local files) or sent again; %s', self.path, self.broken,
+                       'LogDir is full: free space there or set LogDir to another disk' if full else
+                       'check LogDir and its permissions')
 
     def record(self, bucket: str, key: str, upload_id: str, identity: str, part_size: int) -> None:
         entry = {'op': 'open', 'bucket': bucket, 'key': key, 'upload_id': upload_id,
@@ -2555,6 +2638,25 @@ class ResumeJournal:
             known = self.entries.pop(upload_id, None)
         if known is not None:
             self._append({'op': 'close', 'upload_id': upload_id})
+
+    def abandon(self, bucket: str, key: str, upload_id: str) -> None:
+        """An upload given up on that could not be aborted now: the next run into this bucket aborts it."""
+        with self.lock:
+            entry = self.entries.setdefault(upload_id, {'op': 'open', 'bucket': bucket, 'key': key,
+                                                        'upload_id': upload_id, 'identity': '', 'part_size': 0,
+                                                        'time': time.time(), 'checksums': {}})
+            entry['abandoned'] = True
+        self._append({**entry, 'op': 'open'} if 'parts' not in entry else {'op': 'abandon', 'upload_id': upload_id})
+
+    def left_behind(self, bucket: str, prefix: str, vanished: Callable[[str], bool]) -> List[Dict[str, Any]]:
+        """Uploads into bucket/prefix this journal knows to be nobody's: given up on, or of a source file
+        that no longer exists (a run stopped, then the file was deleted: no later run would list it)."""
+        with self.lock:
+            if self._grown():
+                self._read()
+            entries = list(self.entries.values())
+        return [entry for entry in entries if entry.get('bucket') == bucket and entry.get('key', '').startswith(prefix)
+                and (entry.get('abandoned') or vanished(entry.get('identity', '').rsplit('|', 2)[0]))]
 
     def _grown(self) -> bool:
         try:
@@ -2604,6 +2706,14 @@ class Progress:
         self.verified_by: Dict[str, int] = {}
         self.failures: List[Dict[str, str]] = []
         self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
+        self.completing = 0                      # uploads whose bytes are all there, being completed and verified
+        self.halted = ''                         # why the run stopped itself (credentials refused mid-run)
+        self.source = self.destination = ''      # what the job copies, once checked
+
+    @property
+    def finished_all(self) -> bool:
+        """Every selected file is accounted for (a stop asked for after that stopped nothing)."""
+        return self.listing_done and self.files_done >= self.files_total and not self.halted
 
     def add(self, **counts: int) -> None:
         with self.lock:
@@ -2634,6 +2744,15 @@ class Progress:
     def file_ended(self, key: str) -> None:
         with self.lock:
             self.active.pop(key, None)
+
+    @contextlib.contextmanager
+    def completing_upload(self) -> Iterator[None]:
+        """An upload whose parts are all there is being completed and verified (shown while the bar is full)."""
+        self.add(completing=1)
+        try:
+            yield
+        finally:
+            self.add(completing=-1)
 
     def fail(self, key: str, error: str) -> None:
         with self.lock:
@@ -2904,6 +3023,55 @@ class Switch:
             self.enabled = False
 
 
+class NotOurs(RestartFile):
+    """The object at the destination contradicts the bytes sent (another writer, or a store that lost them)."""
+
+
+MULTIPART_ETAG = re.compile(r'[0-9a-f]{32}-[0-9]+')
+
+
+class ObjectProof:
+    """Decides what proves that a finished multipart object holds the parts sent, and what shows it does not:
+    the store's checksum of it against the parts', the source's own CRC64NVME, the ETag rebuilt from the parts'
+    MD5s (only where the store showed its part ETags are MD5s: with SSE-KMS they are not)."""
+
+    def __init__(self, parts: List[PartDone], size: int, checksum: Optional[Checksum] = None, source_crc: str = '',
+                 end_to_end: str = '') -> None:
+        self.size = size
+        self.checksum = checksum
+        self.pairs = [(part.checksum, part.size) for part in parts]
+        self.source_crc = source_crc
+        self.end_to_end = end_to_end        # the source's whole-object checksum matched the bytes read: its name
+        known = all(part.md5 is not None for part in parts)
+        self.expected_etag = multipart_etag([part.md5 for part in parts]) if known and parts else ''  # type: ignore[misc]
+        self.md5_etags = known and any(part.hashed for part in parts) and all(
+            clean_etag(part.etag) == part.md5.hex() for part in parts)  # type: ignore[union-attr]
+
+    def judge(self, etag: str, checksums: Dict[str, str], size: Optional[int] = None) -> str:
+        """How an object's ETag, checksums (and size) prove it holds the parts ('' if they cannot tell).
+        Raises NotOurs when any of them contradicts the parts."""
+        if size is not None and size != self.size:
+            raise NotOurs(f'the object there has {size} bytes, the source {self.size}')
+        checksum = self.checksum
+        reported = checksums.get(checksum.algorithm, '') if checksum else ''
+        if checksum and reported and not checksum.matches(reported, self.pairs):  # type: ignore[arg-type]
+            raise NotOurs(f'the store reports {checksum.algorithm} {reported} for the object, the parts sent make '
+                          f'{checksum.object_value(self.pairs)}')  # type: ignore[arg-type]
+        stored_crc = checksums.get('CRC64NVME', '')
+        if self.source_crc and stored_crc and stored_crc != self.source_crc:
+            raise NotOurs(f'the store reports CRC64NVME {stored_crc}, the source {self.source_crc}')
+        etag = clean_etag(etag)
+        if self.md5_etags and MULTIPART_ETAG.fullmatch(etag) and etag != self.expected_etag:
+            raise NotOurs(f'its ETag {etag} is not {self.expected_etag}, the one of the parts sent')
+        if self.source_crc and stored_crc:
+            return 'crc64nvme'              # the store's own CRC of what it holds equals the source's
+        if reported and checksum:
+            return self.end_to_end or checksum.algorithm.lower()
+        if self.expected_etag and etag == self.expected_etag:
+            return self.end_to_end or 'etag'
+        return ''
+
+
 class FileTransfer:
     """Copies one object: one request when small, else a multipart upload resumed from the destination."""
 
@@ -2939,12 +3107,18 @@ class FileTransfer:
                     if attempt == self.MAX_REDO:
                         raise SourceGone(f'gave up after {self.MAX_REDO} restarts: {change}') from None
                     logger.warning('%s: %s; starting this file again', task.key, change)
-                    self.task = task = dataclasses.replace(task, source=self.source.current(task.source))
+                    now = self.source.current(task.source)
+                    self.progress.add(bytes_total=now.size - task.source.size)     # it may have grown
+                    self.task = task = dataclasses.replace(task, source=now)
                     self.progress.file_restarted(task.key)
                     self.progress.file_started(task.key, task.source.size)
         except Stopped:
             raise
         except Exception as error:  # noqa: BLE001 - one failed file never stops the others
+            if error_code(error) in CREDENTIAL_ERROR_CODES:
+                self.engine.halt(f'the store refused the credentials mid-run ({describe_error(error)}): fix them '
+                                 'and run the same command again to resume')
+                raise Stopped() from None
             message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
             logger.error('FAILED %s: %s', task.key, message)
             logger.debug('failure detail for %s', task.key, exc_info=True)
@@ -2967,6 +3141,7 @@ class FileTransfer:
                 return self._copy_object() if small else MultipartCopy(self, server_side=True).run()
             except ServerSideUnavailable as why:
                 self.engine.server_side.disable(str(why))
+                self.progress.file_restarted(self.task.key)     # what was copied in the store is sent again
         return self._put() if small else MultipartCopy(self).run()
 
     def stamp(self, part_size: int) -> Dict[str, str]:
@@ -3007,7 +3182,7 @@ class FileTransfer:
         for upload in self.destination.indexed_uploads(key):      # an earlier, larger version's upload
             self.retry(f'AbortMultipartUpload {key}', self.destination.abort, key, upload.upload_id)
             self.engine.journal.forget(upload.upload_id)
-        return self.proven(put, etag, echo) or self._size_checked(etag)
+        return self.proven(put, etag, echo) or self._size_checked(put, etag)
 
     def count(self, put: SmallPut) -> None:
         self.progress.add(bytes_transferred=len(put.data), parts_uploaded=1)
@@ -3027,14 +3202,21 @@ class FileTransfer:
             return 'source-md5' if put.vouched else 'etag'
         return None
 
-    def _size_checked(self, etag: str) -> str:
-        """The ETag is no MD5 here: the store accepted Content-MD5, so a matching size completes the proof."""
-        obj, key = self.task.source, self.task.key
-        logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
-                    'the server accepted Content-MD5, size checked instead', key, etag)
+    def _size_checked(self, put: SmallPut, etag: str) -> str:
+        """The ETag is no MD5 here: the store accepted Content-MD5, so the object's checksum, else its size
+        (when nothing there contradicts the bytes sent), completes the proof."""
+        obj, key, checksum = self.task.source, self.task.key, self.destination.checksum
         head = self.retry(f'HeadObject {key}', self.destination.head, key)
         if head is None or head.size != obj.size:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
+        reported = head.checksums.get(checksum.algorithm, '') if checksum and put.checksum is not None else ''
+        if reported and reported != b64(put.checksum):  # type: ignore[arg-type]
+            raise NotOurs(f'the store reports {checksum.algorithm} {reported} for the object, the bytes sent '  # type: ignore[union-attr]
+                          f'have {b64(put.checksum)}')  # type: ignore[arg-type]
+        if reported:
+            return checksum.algorithm.lower()  # type: ignore[union-attr]
+        logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
+                    'the server accepted Content-MD5, size checked instead', key, etag)
         return 'size'
 
     def _store(self, put: SmallPut) -> Tuple[str, str]:
@@ -3069,8 +3251,10 @@ class FileTransfer:
         head = self.retry(f'HeadObject {key}', destination.head, key)
         if head is None or head.size != obj.size:
             raise VerifyError(f'destination object has size {head and head.size}, expected {obj.size}')
-        source_crc = info.stamp.get('s3u-src-crc64nvme')
-        if source_crc and head.checksums.get('CRC64NVME') == source_crc:
+        source_crc, stored_crc = info.stamp.get('s3u-src-crc64nvme'), head.checksums.get('CRC64NVME')
+        if source_crc and stored_crc:
+            if stored_crc != source_crc:
+                raise NotOurs(f'the store reports CRC64NVME {stored_crc} for the copy, the source {source_crc}')
             return 'crc64nvme'
         if '-' not in clean_etag(obj.version) and clean_etag(etag) == clean_etag(obj.version):
             return 'etag'
@@ -3142,6 +3326,7 @@ class MultipartCopy:
         self.bucket = self.destination.bucket
         self.server_side = server_side
         self.whole: Optional[WholeChecksum] = None
+        self.discarded: set = set()        # upload ids aborted already
 
     def run(self) -> str:
         info = self.retry(f'HeadObject (source) {self.key}', self.source.info, self.obj)
@@ -3150,12 +3335,28 @@ class MultipartCopy:
         upload_id, part_size, kept = self._resume_or_start(planned, info)
         try:
             return self._finish(upload_id, part_size, kept, info)
-        except UploadLost:
-            raise                   # dropped by the store, or aborted already
         except (RestartFile, ServerSideUnavailable) as restart:
             # The next attempt starts an upload of its own: the upload index taken at the start never saw this one.
             self._discard(upload_id, f'the file starts over ({restart})')
             raise
+        except Stopped:
+            raise                   # left to resume
+        except Exception as error:  # noqa: BLE001 - giving up on the file: its upload must not stay behind unknown
+            self._give_up(upload_id, error)
+            raise
+
+    def _give_up(self, upload_id: str, error: BaseException) -> None:
+        """This run gives up on the file: keep its upload when a rerun resumes it (the store was unreachable or
+        refused the credentials; the journal holds it), else abort it now, or have the next run abort it."""
+        if is_retryable(error) or error_code(error) in CREDENTIAL_ERROR_CODES:
+            logger.info('%s: its unfinished upload is kept: run again to resume it', self.key)
+            return
+        try:
+            self._discard(upload_id, f'giving up on the file ({describe_error(error)})')
+        except Exception as again:  # noqa: BLE001 - recorded instead: the next run aborts it
+            self.engine.journal.abandon(self.bucket, self.key, upload_id)
+            logger.warning('%s: cannot abort its unfinished upload now (%s): the next run does', self.key,
+                           describe_error(again))
 
     def _finish(self, upload_id: str, part_size: int, kept: Dict[int, Part], info: Info) -> str:
         """Send the parts the upload lacks, complete it and verify the object."""
@@ -3173,21 +3374,18 @@ class MultipartCopy:
                         human_bytes(part_size), f', {len(kept)} already there' if kept else '')
         self._send_parts(upload_id, part_size, missing, done)
         parts = [done[n] for n in sorted(done)]
-        self._fill_missing_checksums(parts, part_size)
-        end_to_end = self._check_end_to_end(parts)
         if self.source.changed(self.obj):
             raise SourceChanged('source changed during the upload')
-        full = self.destination.checksum.object_value([(p.checksum, p.size) for p in parts]) \
-            if self.destination.checksum and self.destination.checksum.full_object else ''
-        try:
-            etag, answered = self._complete(upload_id, parts, full)
-        except PartsRefused:
-            self._send_parts(upload_id, part_size, self._refused(upload_id, done, kept), done)
-            parts = [done[n] for n in sorted(done)]
-            etag, answered = self._complete(upload_id, parts, full, last_try=True)
-        self.engine.journal.forget(upload_id)
-        self.destination.forget_upload(self.key, upload_id)
-        return self._verify(etag, parts, info, end_to_end, answered)
+        with self.progress.completing_upload():
+            try:
+                etag, answered, proof = self._complete(upload_id, parts, info)
+            except PartsRefused:
+                self._send_parts(upload_id, part_size, self._refused(upload_id, done, kept), done)
+                parts = [done[n] for n in sorted(done)]
+                etag, answered, proof = self._complete(upload_id, parts, info, last_try=True)
+            self.engine.journal.forget(upload_id)
+            self.destination.forget_upload(self.key, upload_id)
+            return self._verify(etag, answered, proof)
 
     def _send_parts(self, upload_id: str, part_size: int, numbers: List[int], done: Dict[int, PartDone]) -> None:
         """Send (or copy in the store) these parts, MaxThread at once, recording each one acknowledged."""
@@ -3250,9 +3448,12 @@ class MultipartCopy:
         return upload_id, planned, {}
 
     def _discard(self, upload_id: str, why: str) -> None:
+        if upload_id in self.discarded:
+            return
         logger.info('%s: aborting unfinished upload %s…: %s', self.key, upload_id[:16], why)
         self.retry(f'AbortMultipartUpload {self.key}', self.destination.abort, self.key, upload_id)
         self.engine.journal.forget(upload_id)
+        self.discarded.add(upload_id)
 
     def _reusable(self, upload: Upload, planned: int) -> Optional[Tuple[str, int, Dict[int, Part]]]:
         """(upload id, part size, parts to keep) if the upload can belong to this source, else abort it."""
@@ -3351,7 +3552,7 @@ class MultipartCopy:
             md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
         self.progress.add(bytes_transferred=length, parts_uploaded=1)
         self.progress.file_advanced(self.key, length)
-        return PartDone(number, length, etag, md5, checksum, crc)
+        return PartDone(number, length, etag, md5, checksum, crc, hashed=md5 is not None)
 
     def _copy_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
@@ -3367,14 +3568,15 @@ class MultipartCopy:
         self.progress.file_advanced(self.key, length)
         return PartDone(number, length, etag, md5_hex_etag(etag), base64.b64decode(checksum) if checksum else None)
 
-    def _fill_missing_checksums(self, parts: List[PartDone], part_size: int) -> None:
+    def _fill_missing_checksums(self, parts: List[PartDone]) -> None:
         """Parts whose additional checksum the store did not report are re-read from the source to get it."""
         if not self.destination.checksum:
             return
+        offset = 0
         for part in parts:
             if part.checksum is None:
-                offset, length = part_range(part.number, self.obj.size, part_size)
-                part.checksum = self.destination.checksum.of(self._read(part.number, offset, length))
+                part.checksum = self.destination.checksum.of(self._read(part.number, offset, part.size))
+            offset += part.size
 
     def _check_end_to_end(self, parts: List[PartDone]) -> bool:
         """Compare the source's own whole-object CRC with the bytes we read, before completing."""
@@ -3385,11 +3587,23 @@ class MultipartCopy:
             raise RestartFile(f'data read does not match the source\'s {self.whole.name}')
         return True
 
-    def _complete(self, upload_id: str, parts: List[PartDone], full_checksum: str,
-                  last_try: bool = False) -> Tuple[str, Dict[str, str]]:
+    def _proof(self, parts: List[PartDone], info: Info) -> ObjectProof:
+        """What will prove the object made of these parts (their missing checksums read again first)."""
+        self._fill_missing_checksums(parts)
+        end_to_end = self._check_end_to_end(parts)
+        return ObjectProof(parts, self.obj.size, self.destination.checksum, info.stamp.get('s3u-src-crc64nvme', ''),
+                           self.whole.name if end_to_end and self.whole else '')
+
+    def _complete(self, upload_id: str, parts: List[PartDone], info: Info,
+                  last_try: bool = False) -> Tuple[str, Dict[str, str], ObjectProof]:
+        """CompleteMultipartUpload: the object's ETag, the checksums answered, and what proves the object."""
+        proof = self._proof(parts, info)
+        checksum = self.destination.checksum
+        full = checksum.object_value(proof.pairs) if checksum and checksum.full_object else ''  # type: ignore[arg-type]
         try:
-            return self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
-                              self.key, upload_id, parts, full_checksum)
+            etag, answered = self.retry(f'CompleteMultipartUpload {self.key}', self.destination.complete,
+                                        self.key, upload_id, parts, full)
+            return etag, answered, proof
         except Exception as error:  # noqa: BLE001
             if error_code(error) in ('InvalidPart', 'InvalidPartOrder'):
                 # A part the store listed but will not use: e.g. one overwritten by a request of a killed
@@ -3400,54 +3614,39 @@ class MultipartCopy:
                 raise UploadLost('the store refused a listed part of the upload') from None
             if error_code(error) != 'NoSuchUpload':
                 raise
-            # A retried Complete after the server already applied it: the object proves it.
-            head = self.destination.head(self.key)
-            if head is None or head.size != self.obj.size:
-                self.engine.journal.forget(upload_id)
-                raise UploadLost('the destination dropped the multipart upload before completion') from None
-            logger.info('%s: upload already completed by an earlier attempt', self.key)
-            return head.etag, head.checksums
+            return (*self._completed_before(upload_id, proof), proof)
 
-    def _verify(self, etag: str, parts: List[PartDone], info: Info, end_to_end: bool,
-                answered: Dict[str, str]) -> str:
+    def _completed_before(self, upload_id: str, proof: ObjectProof) -> Tuple[str, Dict[str, str]]:
+        """Complete answered NoSuchUpload: an earlier try of it was applied (its answer lost), or the upload was
+        aborted (a lifecycle rule, an operator, another run). Only an object that proves it holds these parts
+        is taken; anything else at the key is not ours, and the file is sent again."""
+        head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
+        if head is None:
+            raise UploadLost('the destination dropped the multipart upload before completion')
+        try:
+            how = proof.judge(head.etag, head.checksums, head.size)
+        except NotOurs as why:
+            raise UploadLost(f'the upload vanished before completion, and the object at the key is another one '
+                             f'({why})') from None
+        if not how:
+            raise UploadLost('the upload vanished before completion, and nothing proves the object at the key '
+                             'holds its parts')
+        logger.info('%s: upload already completed by an earlier attempt (its %s proves it)', self.key, how)
+        return head.etag, head.checksums
+
+    def _verify(self, etag: str, answered: Dict[str, str], proof: ObjectProof) -> str:
         """How the completed object is known to hold the parts: by what CompleteMultipartUpload answered
-        (the store's ETag or checksum of the very parts we listed), else by a HEAD."""
+        (the store's ETag or checksum of the very parts we listed), else by a HEAD; anything that contradicts
+        them means the object is not ours (NotOurs: the file is sent again). Only where the store tells
+        nothing better (e.g. SSE-KMS ETags, no checksums) is the size all that is checked."""
         self._abort_leftovers()
-        checksum = self.destination.checksum
-        expected_etag = multipart_etag([p.md5 for p in parts if p.md5 is not None]) \
-            if all(p.md5 is not None for p in parts) else None
-        source_crc = info.stamp.get('s3u-src-crc64nvme')
-        if expected_etag == clean_etag(etag) and not checksum and not source_crc:
-            return self.whole.name if end_to_end and self.whole is not None else 'etag'
-        if source_crc and answered.get('CRC64NVME') == source_crc:
-            return 'crc64nvme'            # the store's own CRC of what it holds equals the source's
-        if checksum and not source_crc and checksum.matches(answered.get(checksum.algorithm, ''),
-                                                            [(p.checksum, p.size) for p in parts]):
-            return self.whole.name if end_to_end and self.whole is not None else checksum.algorithm.lower()
+        how = proof.judge(etag, answered)
+        if how and (how == 'crc64nvme' or not proof.source_crc):
+            return how
         head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
         if head is None:
             raise VerifyError('object missing at the destination after CompleteMultipartUpload')
-        if head.size != self.obj.size:
-            raise VerifyError(f'destination object has {head.size} bytes, source {self.obj.size}')
-        checksum_ok = False
-        if checksum:
-            reported = head.checksums.get(checksum.algorithm, '')
-            checksum_ok = bool(reported) and checksum.matches(reported, [(p.checksum, p.size) for p in parts])
-            if not checksum_ok:
-                logger.warning('%s: the store reports %s %r, which does not fit the parts\' checksums; '
-                               'ETag and size checked instead', self.key, checksum.algorithm, reported or None)
-        if source_crc and head.checksums.get('CRC64NVME') == source_crc:
-            return 'crc64nvme'            # the store's own CRC of what it holds equals the source's
-        if end_to_end and self.whole is not None:
-            return self.whole.name
-        if checksum_ok and checksum is not None:
-            return checksum.algorithm.lower()
-        if expected_etag is not None:
-            if expected_etag in (clean_etag(etag), clean_etag(head.etag)):
-                return 'etag'
-            logger.warning('%s: ETag %s differs from %s computed from the parts; the store\'s ETags are not '
-                           'MD5-based (e.g. SSE-KMS), so only the size was verified', self.key, etag, expected_etag)
-        return 'size'
+        return proof.judge(head.etag, head.checksums, head.size) or how or proof.end_to_end or 'size'
 
     def _abort_leftovers(self) -> None:
         """No unfinished upload stays behind for a key that is complete (in rounds: paging may be broken)."""
@@ -3597,6 +3796,14 @@ class Engine:
                                       round_trip=destination.round_trip) if config.Concurrency == 'auto' else None)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
+    def halt(self, why: str) -> None:
+        """Stop the whole run, said once: what failed would fail for every file (the work in hand stays resumable)."""
+        with self.progress.lock:
+            first, self.progress.halted = not self.progress.halted, self.progress.halted or why
+        if first:
+            logger.error('stopping: %s', why)
+        self.stop.set()
+
     def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
         """After bytes went under a checksum alone (no Content-MD5): None if the store reported the checksum
         back, else their MD5, which must be the ETag (and Content-MD5 goes along from now on)."""
@@ -3733,9 +3940,11 @@ class Engine:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 try:
-                    yield future.result()
+                    part = future.result()
                 except BaseException as failure:  # noqa: BLE001 - let in-flight parts finish, then raise
                     error = error or failure
+                    continue
+                yield part      # outside the try: a caller that stops iterating ends this generator
         if error is not None:
             raise error
         if queue:
@@ -3781,21 +3990,23 @@ class Report:
     dry_run: bool = False
     source: str = ''
     destination: str = ''
+    halted: str = ''              # why the run stopped itself (e.g. credentials refused mid-run)
 
     @classmethod
-    def from_progress(cls, progress: Progress, stopped: bool, source: str, destination: str,
-                      dry_run: bool = False) -> 'Report':
+    def from_progress(cls, progress: Progress, stop_asked: bool, dry_run: bool = False) -> 'Report':
+        """The report of a run; stop_asked: a stop was asked for (it counts only if it left files undone)."""
         with progress.lock:
+            stopped = bool(progress.halted) or (stop_asked and not progress.finished_all)
             return cls(progress.files_total, progress.files_transferred, progress.files_skipped,
                        progress.files_failed, progress.bytes_total, progress.bytes_transferred,
                        progress.bytes_resumed, progress.parts_uploaded, progress.parts_resumed,
                        round(time.monotonic() - progress.started, 3), list(progress.failures),
                        progress.bytes_copied_server_side, progress.files_excluded, dict(progress.verified_by),
-                       stopped, dry_run, source, destination)
+                       stopped, dry_run, progress.source, progress.destination, progress.halted)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.files_failed else EXIT_OK
+        return EXIT_FAILED if self.files_failed or self.halted else EXIT_OK
 
     def write(self, path: str) -> None:
         temporary = path + '.tmp'
@@ -3822,6 +4033,8 @@ class Report:
             lines.append(f'  failed: {failure["key"]}: {failure["error"]}')
         if len(self.failures) > 20:
             lines.append(f'  ... and {len(self.failures) - 20} more (see --report / the log)')
+        if self.halted:
+            lines.append(f'stopped: {self.halted}')
         if self.stopped:
             lines.append('run the same command again to resume')
         return '\n'.join(lines)
@@ -3864,14 +4077,17 @@ class ProgressDisplay:
         elapsed = now - self.samples[0][0]
         rate = (self.samples[-1][1] - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
         total = p.bytes_total
-        fraction = p.bytes_done / total if total else (1.0 if p.listing_done else 0.0)
-        remaining = max(0, total - p.bytes_done)
-        eta = time.strftime('%H:%M:%S', time.gmtime(remaining / rate)) if rate > 0 and p.listing_done else '--:--:--'
-        bar = '#' * int(fraction * 20)
+        done = min(max(p.bytes_done, 0), total)
+        fraction = done / total if total else (1.0 if p.listing_done else 0.0)
+        remaining = total - done
         files_total = f'{p.files_total}' if p.listing_done else f'{p.files_total}+'
-        return (f'[{bar:<20}] {fraction * 100:5.1f}% {human_bytes(p.bytes_done)}/{human_bytes(total)} '
-                f'{human_bytes(rate)}/s ETA {eta} files {p.files_done}/{files_total} '
-                f'(skipped {p.files_skipped}, failed {p.files_failed})')
+        if remaining == 0 and p.completing:
+            what = f'completing {p.completing} upload{"s" if p.completing > 1 else ""}'
+        else:
+            eta = time.strftime('%H:%M:%S', time.gmtime(remaining / rate)) if rate > 0 and p.listing_done else '--:--:--'
+            what = f'{human_bytes(rate)}/s ETA {eta}'
+        return (f'[{"#" * int(fraction * 20):<20}] {fraction * 100:5.1f}% {human_bytes(done)}/{human_bytes(total)} '
+                f'{what} files {p.files_done}/{files_total} (skipped {p.files_skipped}, failed {p.files_failed})')
 
 
 ###############################################################################
@@ -3927,6 +4143,8 @@ class ConsoleHandler(logging.StreamHandler):
     status = ''
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, 'console', True) is False:      # for the log file only (the summary, printed plain)
+            return
         with self.lock:
             if self.status:
                 self.stream.write('\r\x1b[K')
@@ -3951,13 +4169,62 @@ class ConsoleHandler(logging.StreamHandler):
             cls.status = ''
 
 
-def setup_logging(config: Config, console: bool = True) -> str:
-    """Log to LogDir/s3_upload-<time>.log (owner-only) and to the console at LoggingLevel."""
+class LogFile(logging.StreamHandler):
+    """LogDir/s3_upload-<time>.log (owner-only). Deferred: records wait in memory until open(), so a job refused
+    before any transfer leaves no file and no folder. A write that fails (LogDir full) is said once on the
+    console; the run goes on without the file."""
+
+    def __init__(self, folder: str, deferred: bool = False) -> None:
+        super().__init__(io.StringIO())
+        self.folder = folder
+        self.path = os.path.join(folder, time.strftime('s3_upload-%Y%m%d-%H%M%S') + f'-{os.getpid()}.log')
+        self.waiting: Optional[List[logging.LogRecord]] = []
+        self.broken = False
+        if not deferred:
+            self.open()
+
+    def open(self) -> None:
+        """Create the folder and the file, and write what was logged so far; ConfigError if they cannot be."""
+        if self.waiting is None:
+            return
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            self.setStream(_private_open(self.path))
+        except OSError as error:
+            raise ConfigError(f'cannot create the log file in LogDir {self.folder}: {error.strerror}: '
+                              'fix LogDir') from None
+        waiting, self.waiting = self.waiting, None
+        for record in waiting:
+            self.handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.waiting is not None:
+            self.waiting.append(record)
+        elif not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.broken:
+            return
+        self.broken = True
+        error = sys.exc_info()[1]
+        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+        print(f's3_upload: cannot write the log file {self.path} ({getattr(error, "strerror", None) or error}): '
+              'the run goes on, logging to the console only; ' +
+              ('LogDir is full: free space there or set LogDir to another disk' if full else 'check LogDir'),
+              file=sys.stderr)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().close()
+
+
+def setup_logging(config: Config, console: bool = True, deferred: bool = False) -> LogFile:
+    """Log to LogDir/s3_upload-<time>.log (owner-only; deferred: from LogFile.open() on) and to the console
+    at LoggingLevel."""
     level = getattr(logging, config.LoggingLevel)
-    os.makedirs(config.LogDir, exist_ok=True)
-    path = os.path.join(config.LogDir, time.strftime('s3_upload-%Y%m%d-%H%M%S') + f'-{os.getpid()}.log')
     secret_filter = SecretFilter()
-    file_handler = logging.StreamHandler(_private_open(path))
+    file_handler = LogFile(config.LogDir, deferred)
     file_handler.setLevel(min(level, logging.INFO))
     file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(threadName)s %(message)s'))
     file_handler.addFilter(secret_filter)
@@ -3977,7 +4244,7 @@ def setup_logging(config: Config, console: bool = True) -> str:
     # botocore's own DEBUG output is only wanted at DEBUG (it is filtered for secrets like ours).
     for name in ('botocore', 'boto3', 'urllib3', 's3transfer'):
         logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
-    return path
+    return file_handler
 
 
 def server_side_possible(config: Config, source_client: Any, destination_client: Any) -> bool:
@@ -4011,6 +4278,24 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
     return source, destination, server_side
 
 
+def abort_left_behind(journal: ResumeJournal, destination: Destination, source: Any, retrier: Retrier) -> None:
+    """Abort the uploads earlier runs gave up on, or whose source file is gone: no run would meet them again."""
+    vanished = getattr(source, 'vanished', lambda location: False)
+    for entry in journal.left_behind(destination.bucket, destination.prefix, vanished):
+        key, upload_id = entry['key'], entry['upload_id']
+        try:
+            retrier.call(f'AbortMultipartUpload {key}', destination.abort, key, upload_id)
+        except Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - tried again by the next run
+            logger.warning('%s: cannot abort the unfinished upload an earlier run left (%s)', key,
+                           describe_error(error))
+            continue
+        journal.forget(upload_id)
+        logger.info('%s: aborted the unfinished upload an earlier run left (%s)', key,
+                    'given up on' if entry.get('abandoned') else 'its source file is gone')
+
+
 def offer_clean(config: Config, destination: Destination, source: Any) -> None:
     """DontAskMeToClean = False: on a terminal, offer to abort this job's unfinished uploads."""
     if config.DontAskMeToClean or not sys.stdin.isatty():
@@ -4031,16 +4316,25 @@ def offer_clean(config: Config, destination: Destination, source: Any) -> None:
 
 def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Optional[Progress] = None,
             show_progress: bool = False, ask: bool = False, rules: Iterable[Tuple[str, str]] = (),
-            dry_run: bool = False) -> Report:
-    """Check, plan and run a job (or only print its plan); return its report. ConfigError on bad input."""
+            dry_run: bool = False, accepted: Callable[[], None] = lambda: None) -> Report:
+    """Check, plan and run a job (or only print its plan); return its report. ConfigError on bad input;
+    accepted() is called once the checks passed, before anything is transferred."""
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
     filters = Filters.from_config(config, rules)
     source, destination, server_side = open_job(config, retrier, write_check=not dry_run)
+    progress = progress or Progress()
+    progress.source, progress.destination = source.describe(), destination.describe()
     try:
+        accepted()
         if ask and not dry_run:
             offer_clean(config, destination, source)
-        os.makedirs(config.LogDir, exist_ok=True)
+        try:
+            os.makedirs(config.LogDir, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f'cannot create LogDir {config.LogDir}: {error.strerror}: fix LogDir') from None
         journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
+        if not dry_run:
+            abort_left_behind(journal, destination, source, retrier)
         engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
         logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %s%d files x %d parts in flight%s)', __version__,
                     config.JobType, source.describe(), destination.describe(), config.ChunkSize,
@@ -4057,8 +4351,7 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     finally:
         gc.unfreeze()   # (nothing to do if the run failed before the freeze)
         destination.finish_check()
-    return Report.from_progress(engine.progress, engine.stop.is_set(), source.describe(),
-                                destination.describe(), dry_run)
+    return Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
 
 
 def default_config_path() -> str:
@@ -4068,17 +4361,22 @@ def default_config_path() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    keys = '\n'.join(f'  [{o.section}] {o.name} (default {o.default!r}): {o.help}' for o in OPTIONS)
+    width = max(60, min(shutil.get_terminal_size().columns, 120) - 2)
+
+    def fill(text: str, indent: str = '', hang: str = '    ') -> str:
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent + hang)
+    keys = '\n'.join(fill(f'[{o.section}] {o.name} (default {o.default!r}): {o.help}', '  ') for o in OPTIONS)
     parser = argparse.ArgumentParser(
         prog='s3_upload.py', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Multi-threaded, resumable migration of a local folder or an S3 bucket/prefix into '
-                    'Amazon S3 or any S3-compatible store. Kill it at any time and run it again to resume.',
-        epilog='config keys (ini; case-insensitive; override any with --set KEY=VALUE):\n' + keys +
-               '\n\nexit codes: 0 all files verified, 1 some files failed, 2 bad input/configuration, '
-               '130/143 stopped by Ctrl-C/SIGTERM (resumable)\n'
-               'credentials: the normal boto3 chain (profiles, environment, instance roles)\n'
-               'environment: S3UPLOAD_<Key> overrides the ini (e.g. S3UPLOAD_DesBucket); --set overrides both\n'
-               'cluster mode: s3_upload.py jobsender|worker|status --config PATH (see their --help)')
+        description=fill('Multi-threaded, resumable migration of a local folder or an S3 bucket/prefix into '
+                         'Amazon S3 or any S3-compatible store. Kill it at any time and run it again to resume.', hang=''),
+        epilog='\n'.join((
+            'config keys (ini; case-insensitive; override any with --set KEY=VALUE):', keys, '',
+            fill('exit codes: 0 all files verified, 1 some files failed, 2 bad input/configuration, 130/143 '
+                 'stopped by Ctrl-C/SIGTERM (resumable)'),
+            fill('credentials: the normal boto3 chain (profiles, environment, instance roles)'),
+            fill('environment: S3UPLOAD_<Key> overrides the ini (e.g. S3UPLOAD_DesBucket); --set overrides both'),
+            fill('a worker fleet: s3_upload.py jobsender|worker|status --config PATH (see their --help)'))))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--nogui', action='store_true', help='run headless (default except on Windows)')
     mode.add_argument('--gui', action='store_true', help='open the Tkinter front end')
@@ -4097,6 +4395,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--exclude', metavar='PATTERN', action=RuleAction, dest='rules', default=[],
                         help='leave out keys matching PATTERN (* matches "/" too; repeatable)')
     parser.add_argument('--version', action='version', version=f's3_upload {__version__}')
+    single = parser.format_usage().split(' ', 1)[1].rstrip()
+    parser.usage = single[len(parser.prog) + 1:].join(('%(prog)s ', '\n       %(prog)s {jobsender,worker,status} '
+                                                      '--config PATH ...'))
     return parser
 
 
@@ -4125,32 +4426,50 @@ def fail_input(message: str) -> int:
 STOP_GRACE_SECONDS = 10
 
 
-def install_signal_handlers(stop: threading.Event) -> Dict[str, int]:
-    """First Ctrl-C / SIGTERM: stop scheduling, let in-flight parts finish for a few seconds, then exit
-    anyway (everything stays resumable). Second: exit at once."""
+def install_signal_handlers(stop: threading.Event, quit_now: Callable[[int], None]) -> Dict[str, int]:
+    """First Ctrl-C / SIGTERM: stop scheduling and let the parts in flight finish for a few seconds; then, or at
+    a second one, quit_now(exit code) (it writes what was done, and exits; everything stays resumable)."""
     outcome = {'code': 0}
 
-    def give_up(code: int) -> None:
-        print(f'\nin-flight parts did not finish within {STOP_GRACE_SECONDS}s: exiting; run again to resume',
-              file=sys.stderr)
-        logging.shutdown()
-        os._exit(code)
+    def quit_in_background(code: int, why: str) -> None:
+        # Not in the handler itself: the main thread it interrupts may hold a lock the summary needs.
+        print(f'\n{why}: quitting; the parts in flight are left for the next run to resume', file=sys.stderr)
+        threading.Thread(target=quit_now, args=(code,), name='quit', daemon=True).start()
 
     def handler(signum: int, _frame: Any) -> None:
         code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        if stop.is_set():
-            os._exit(code)
+        if outcome['code']:
+            quit_in_background(code, 'asked again')
+            return
         outcome['code'] = code
         stop.set()
-        timer = threading.Timer(STOP_GRACE_SECONDS, give_up, (code,))
+        timer = threading.Timer(STOP_GRACE_SECONDS, quit_in_background,
+                                (code, f'the parts in flight did not finish within {STOP_GRACE_SECONDS}s'))
         timer.daemon = True
         timer.start()
-        print('\nstopping: finishing the parts in flight (press Ctrl-C again to quit at once)...',
-              file=sys.stderr)
+        again = 'press Ctrl-C again' if signum == signal.SIGINT else 'send SIGTERM again'
+        print(f'\nstopping: finishing the parts in flight ({again} to quit at once)...', file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return outcome
+
+
+def check_report_path(path: str) -> None:
+    """--report PATH can be written (tried now, before anything is transferred)."""
+    if os.path.isdir(path):
+        raise ConfigError(f'--report {path} is a folder: name a file')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f'--report {path}: folder {folder} does not exist: create it or name another file')
+    trial = path + '.tmp'
+    try:
+        with open(trial, 'w', encoding='utf-8'):
+            pass
+        os.remove(trial)
+    except OSError as error:
+        raise ConfigError(f'cannot write --report {path} ({error.strerror}): name a file in a writable '
+                          'folder') from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -4163,28 +4482,44 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.gui or (not args.nogui and os.name == 'nt'):
         return run_gui(args.config or default_config_path())
     try:
+        if args.report:
+            check_report_path(args.report)
         config = Config.load(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
-        log_path = setup_logging(config)
+        log_file = setup_logging(config, deferred=True)
     except ConfigError as error:
         return fail_input(str(error))
-    except OSError as error:
-        return fail_input(f'cannot create the log folder or file: {error}: fix LogDir')
     for warning in config.warnings:
         logger.warning('%s', warning)
-    stop = threading.Event()
-    outcome = install_signal_handlers(stop)
+    progress, stop = Progress(), threading.Event()
+
+    def finish(report: Report) -> None:
+        """The summary on the console and at the end of the log file, and the JSON report."""
+        if not args.dry_run:
+            ConsoleHandler.clear_line(sys.stderr)
+            print(report.summary(), file=sys.stderr)
+            for line in report.summary().splitlines():
+                logger.info('%s', line, extra={'console': False})
+        if args.report:
+            try:
+                report.write(args.report)
+            except OSError as error:
+                print(f's3_upload: error: cannot write --report {args.report}: {error.strerror}', file=sys.stderr)
+
+    def quit_now(code: int) -> None:
+        finish(Report.from_progress(progress, True, args.dry_run))
+        logging.shutdown()
+        os._exit(code)
+
+    outcome = install_signal_handlers(stop, quit_now)
     try:
-        report = run_job(config, stop, show_progress=not args.dry_run, ask=True, rules=args.rules,
-                         dry_run=args.dry_run)
+        report = run_job(config, stop, progress, show_progress=not args.dry_run, ask=True, rules=args.rules,
+                         dry_run=args.dry_run, accepted=log_file.open)
     except ConfigError as error:
         logger.debug('bad input', exc_info=True)
         return fail_input(str(error))
-    if not args.dry_run:
-        print(report.summary(), file=sys.stderr)
-    logger.info('log file: %s', log_path)
-    if args.report:
-        report.write(args.report)
-    if report.stopped:
+    logger.info('log file: %s', log_file.path)
+    finish(report)
+    if report.stopped and not report.halted:
         return outcome['code'] or EXIT_SIGINT
     return report.exit_code
 
@@ -4593,7 +4928,7 @@ class App:
         if not self.logging_ready:
             try:
                 setup_logging(config)
-            except OSError as error:
+            except ConfigError as error:
                 self.message.configure(text=f'cannot write logs to {config.LogDir}: {error}', foreground='#b00020')
                 return
             logger.addHandler(self.log_handler)
@@ -5461,6 +5796,12 @@ def build_cluster_parser() -> argparse.ArgumentParser:
 CLUSTER_COMMANDS = ('jobsender', 'worker', 'status')
 
 
+def exit_now(code: int) -> None:
+    """A worker asked twice to stop: its jobs come back to the queue after their visibility timeout."""
+    logging.shutdown()
+    os._exit(code)
+
+
 def cluster_main(argv: List[str]) -> int:
     """`jobsender`, `worker` and `status`: exit 0 done, 1 some objects failed, 2 bad input, 130/143 stopped."""
     args = build_cluster_parser().parse_args(argv)
@@ -5479,7 +5820,7 @@ def cluster_main(argv: List[str]) -> int:
                                                                      for k, v in counts.items()), file=sys.stderr)
             return EXIT_FAILED if counts['failed'] else EXIT_OK
         stop = threading.Event()
-        outcome = install_signal_handlers(stop)
+        outcome = install_signal_handlers(stop, exit_now)
         if config.DesBucket:
             check_bucket(cluster.s3('Des', 4), config.DesBucket, config.S3Prefix, 'destination')
         worker = Worker(config, cluster, stop)
@@ -5489,7 +5830,8 @@ def cluster_main(argv: List[str]) -> int:
         return fail_input(str(error))
     except OSError as error:
         return fail_input(f'cannot create the log folder or file: {error}: fix LogDir')
-    report = Report.from_progress(worker.progress, stop.is_set(), config.SqsQueueUrl, 'the jobs\' destinations')
+    worker.progress.source, worker.progress.destination = config.SqsQueueUrl, 'the jobs\' destinations'
+    report = Report.from_progress(worker.progress, stop.is_set())
     print(report.summary(), file=sys.stderr)
     if args.report:
         report.write(args.report)

@@ -60,6 +60,40 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, seaweed, tool,
     assert run.report is None
     assert bucket_contents(seaweed, bucket) == {}
     assert unfinished_uploads(seaweed, bucket) == []
+    assert not (tool.folder / 'log').exists()          # a refused run leaves no log folder, no empty log file
+
+
+def test_help_fits_the_terminal_and_names_the_fleet_commands():
+    import os
+    done = subprocess.run([sys.executable, str(TOOL), '--help'], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, 'COLUMNS': '80'})
+    assert done.returncode == 0
+    assert [line for line in done.stdout.splitlines() if len(line) > 80] == []
+    assert 'usage: s3_upload.py' in done.stdout and 's3_upload.py {jobsender,worker,status}' in done.stdout
+
+
+@pytest.mark.parametrize('where', ['missing folder', 'a folder', 'below a file'])
+def test_a_report_that_cannot_be_written_is_found_before_any_transfer(where, seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'f.txt': b'data'})
+    bucket = seaweed.bucket()
+    report = {'missing folder': tmp_path / 'nope' / 'r.json', 'a folder': tmp_path,
+              'below a file': src / 'f.txt' / 'r.json'}[where]
+    run = tool.run(dest_settings(seaweed, bucket, SrcDir=src), '--report', str(report))
+    assert run.code == 2, run.stderr
+    assert '--report' in one_error_line(run)
+    assert bucket_contents(seaweed, bucket) == {}
+
+
+def test_the_log_file_ends_with_the_summary_the_console_shows(seaweed, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'a': b'1', 'b': b'22'})
+    run = tool.run(dest_settings(seaweed, seaweed.bucket(), SrcDir=src))
+    assert run.code == 0, run.stderr
+    summary = run.stderr.split('\n')
+    start = next(i for i, line in enumerate(summary) if line.startswith('DONE in'))
+    summary = [line for line in summary[start:] if line]
+    (log,) = (tool.folder / 'log').glob('s3_upload-*.log')
+    tail = [line.split(' INFO MainThread ', 1)[1] for line in log.read_text().splitlines()[-len(summary):]]
+    assert tail == summary
 
 
 def test_missing_config_file(tool):
@@ -167,6 +201,8 @@ def test_graceful_stop_exit_code_and_resume(signame, code, seaweed, tool, tmp_pa
     stopped = json.loads((tool.folder / f'report{tool.runs}.json').read_text())
     assert stopped['stopped'] is True and stopped['files_transferred'] < 2
     assert b'run the same command again to resume' in err
+    assert (b'press Ctrl-C again' in err) == (signame == 'SIGINT')
+    assert (b'send SIGTERM again' in err) == (signame == 'SIGTERM')
     settings['BandwidthLimit'] = 0
     run = tool.run(settings)
     assert run.code == 0, run.stderr
@@ -276,7 +312,7 @@ def test_stop_waits_a_few_seconds_for_stuck_parts_then_exits_resumable(seaweed, 
         _, err = process.communicate(timeout=40)
         assert process.returncode == 130, err.decode()
         assert time.time() - started < 25
-        assert b'did not finish within' in err
+        assert b'did not finish within' in err and b'STOPPED in' in err
         proxy.clear()
         run = tool.run({**settings, 'RequestTimeout': 60})
         # Part 1 is kept; part 2 is stored but its answer never arrived: read again, it matches and is kept.
@@ -286,20 +322,54 @@ def test_stop_waits_a_few_seconds_for_stuck_parts_then_exits_resumable(seaweed, 
         proxy.stop()
 
 
-def test_second_ctrl_c_exits_at_once(seaweed, tool, tmp_path):
+def test_second_ctrl_c_exits_at_once_with_the_summary_and_report_of_what_was_done(seaweed, tool, tmp_path):
     import signal
     import time
     from conftest import random_bytes, wait_for_parts
-    src = write_tree(tmp_path / 'src', {'s.bin': random_bytes(30 * 1024 * 1024, 42)})
-    bucket = seaweed.bucket()
-    process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1, BandwidthLimit=2))
-    assert wait_for_parts(seaweed, bucket, 's.bin', 1)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    started = time.time()
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=10)
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        src = write_tree(tmp_path / 'src', {'s.bin': random_bytes(16 * 1024 * 1024, 42)})
+        bucket = seaweed.bucket()
+        proxy.add('stall', 'PUT', r'partNumber=2', seconds=60)          # the first Ctrl-C cannot end the run
+        process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=1,
+                                           RequestTimeout=300, DesEndPointURL=proxy.endpoint))
+        assert wait_for_parts(seaweed, bucket, 's.bin', 2)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        started = time.time()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    finally:
+        proxy.stop()
     assert process.returncode == 130 and time.time() - started < 3
+    assert b'asked again: quitting' in err
+    assert b'STOPPED in' in err and b'run the same command again to resume' in err     # what was done, still said
+    report = json.loads((tool.folder / f'report{tool.runs}.json').read_text())
+    assert report['stopped'] is True and report['files_total'] == 1 and report['parts_uploaded'] == 1
+
+
+def test_a_stop_asked_for_after_every_file_is_done_reports_done(seaweed, tool, tmp_path):
+    """Ctrl-C while the run only waits for its write check's abort: nothing was stopped, so nothing says so."""
+    import signal
+    import time
+    from fault_proxy import FaultProxy
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        src = write_tree(tmp_path / 'src', {'a.txt': b'a', 'b.txt': b'b'})
+        bucket = seaweed.bucket()
+        proxy.add('stall', 'DELETE', r'\.s3_upload-write-check', seconds=4)
+        process = tool.start(dest_settings(seaweed, bucket, SrcDir=src, DesEndPointURL=proxy.endpoint))
+        deadline = time.time() + 30
+        while len(bucket_contents(seaweed, bucket)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        proxy.stop()
+    assert process.returncode == 0, err.decode()
+    assert b'DONE in' in err and b'STOPPED' not in err and b'to resume' not in err
 
 
 HOSTILE = {
@@ -338,3 +408,25 @@ def test_hostile_input(case, seaweed, tool, tmp_path):
     if code == 2:
         one_error_line(run)
         assert bucket_contents(seaweed, bucket) == {}
+
+
+def test_the_bar_never_passes_100_percent_and_says_what_it_waits_for():
+    from s3_upload import Progress, ProgressDisplay
+    progress = Progress()
+    progress.listing_done = True
+    progress.add(files_total=2, bytes_total=100, bytes_transferred=150)    # e.g. bytes counted twice
+    assert ' 100.0% 100 B/100 B ' in ProgressDisplay(progress).line()
+    progress.add(completing=2)
+    assert 'completing 2 uploads' in ProgressDisplay(progress).line()
+
+
+def test_a_stop_that_stopped_nothing_is_not_reported():
+    from s3_upload import Progress, Report
+    progress = Progress()
+    progress.add(files_total=2, files_transferred=1)
+    assert Report.from_progress(progress, True).stopped              # the listing never finished
+    progress.listing_done = True
+    assert Report.from_progress(progress, True).stopped              # one file still undone
+    progress.add(files_skipped=1)
+    report = Report.from_progress(progress, True)
+    assert not report.stopped and report.exit_code == 0 and 'resume' not in report.summary()

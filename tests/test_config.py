@@ -52,9 +52,22 @@ def test_src_prefix_and_overrides(tmp_path):
     assert (config.SrcPrefix, config.S3Prefix, config.MaxThread) == ('in', 'other', 12)
 
 
-def test_inline_comments_and_bom(tmp_path):
-    path = write(tmp_path, '\ufeff[Basic]\nDesBucket = b   # the bucket\n[LOCAL_TO_S3]\nSrcDir = /x\n')
-    assert Config.load(path).DesBucket == 'b'
+def test_a_comment_is_cut_only_where_the_value_cannot_hold_it(tmp_path):
+    path = write(tmp_path, '\ufeff[Basic]\nDesBucket = b   # the bucket\nS3Prefix = backup ;2024\n'
+                           '[LOCAL_TO_S3]\nSrcDir = /data/proj #2\n[Advanced]\nMaxThread = 9 ; nine\n'
+                           'StorageClass = STANDARD_IA # cheaper\n')
+    config = Config.load(path)
+    assert (config.DesBucket, config.MaxThread, config.StorageClass) == ('b', 9, 'STANDARD_IA')
+    assert (config.SrcDir, config.S3Prefix) == ('/data/proj #2', 'backup ;2024')     # paths are never cut
+    joined = '\n'.join(config.warnings)                                               # but never silently
+    assert "SrcDir = '/data/proj #2' is taken whole" in joined and "S3Prefix = 'backup ;2024'" in joined
+    assert 'DesBucket' not in joined and 'MaxThread' not in joined
+
+
+def test_the_shipped_ini_says_how_to_write_a_value_with_a_hash(tmp_path):
+    with open(s3_upload.default_config_path(), encoding='utf-8') as handle:
+        header = handle.read().split('[Basic]')[0]
+    assert 'Comments go on lines of their own' in header and '#2' in header
 
 
 @pytest.mark.parametrize('line, message', [
@@ -83,6 +96,7 @@ def test_bad_numbers_and_choices_are_rejected(tmp_path, line, message):
     ('[Basic]\nDesBucket = b\n', 'SrcDir is missing'),
     ('[Basic]\nJobType = S3_TO_S3\nDesBucket = b\n', 'SrcBucket is missing'),
     ('[Basic]\nDesBucket = b/c\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'bucket name'),
+    ('[Basic]\nDesBucket = my bucket\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'one word'),
     ('DesBucket = b\n', 'cannot be parsed'),
     ('[Basic]\nDesBucket = b\nDesBucket = c\n', 'cannot be parsed'),
     ('[Basic]\nDesEndPointURL = ftp://x\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n', 'http'),
@@ -105,12 +119,27 @@ def test_unknown_keys_and_sections_warn_with_did_you_mean(tmp_path):
                            '[Advanced]\nMaxThreads = 4\n[Advanced2]\nx = 1\n')
     config = Config.load(path)
     joined = '\n'.join(config.warnings)
-    assert "unknown key 'desbuckett'" in joined
-    assert 'did you mean DesBucket?' in joined
+    assert 'unknown key DesBuckett in [Basic] ignored (did you mean DesBucket?)' in joined
     assert 'did you mean MaxThread?' in joined
-    assert '[Advanced2]' in joined and 'did you mean Advanced?' in joined
+    assert '[Advanced2]' in joined and 'did you mean [Advanced]?' in joined
     with pytest.raises(ConfigError, match='did you mean MaxThread'):
         Config.load(path, {'MaxThreads': '3'})
+
+
+def test_a_misspelt_required_key_is_named_in_the_error(tmp_path):
+    path = write(tmp_path, '[Basic]\nDesBuckett = b\n[LOCAL_TO_S3]\nSrcDir = /x\n')
+    with pytest.raises(ConfigError, match=r'unknown key DesBuckett in \[Basic\] \(did you mean DesBucket\?\)'):
+        Config.load(path)
+
+
+def test_a_misspelt_section_is_ignored_with_its_keys_as_the_warning_says(tmp_path):
+    path = write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S3]\nSrcDir = /x\n[Advancd]\nMaxThread = 3\n')
+    config = Config.load(path)
+    assert config.MaxThread == 8                              # not used...
+    assert 'unknown section [Advancd] ignored (did you mean [Advanced]?), and with it MaxThread' in config.warnings[0]
+    path = write(tmp_path, '[Basic]\nDesBucket = b\n[LOCAL_TO_S33]\nSrcDir = /x\n')
+    with pytest.raises(ConfigError, match=r'SrcDir is in section \[LOCAL_TO_S33\], .*did you mean \[LOCAL_TO_S3\]'):
+        Config.load(path)                                     # ...and named when it was the one needed
 
 
 def test_endpoint_forms():

@@ -57,8 +57,8 @@ def test_multipart_etag_is_verified(seaweed, tool, tmp_path):
 @pytest.mark.parametrize('server_name', ['seaweed', 'moto'])
 def test_a_completed_upload_is_verified_by_the_completes_answer_else_by_a_head(server_name, request, tool, tmp_path):
     """Round trips count on long links: SeaweedFS answers CompleteMultipartUpload with the object's
-    CRC64NVME, which proves the parts were joined as listed, so no HEAD follows; moto's answer has no
-    checksum that fits, so a HEAD is asked (and its ETag or CRC verifies the object)."""
+    CRC64NVME, which proves the parts were joined as listed, and moto with the ETag the parts' MD5s make:
+    no HEAD follows either."""
     from fault_proxy import FaultProxy
     server = request.getfixturevalue(server_name)
     data = random_bytes(11 * MiB, 4)
@@ -73,10 +73,8 @@ def test_a_completed_upload_is_verified_by_the_completes_answer_else_by_a_head(s
     assert run.code == 0, run.stderr
     assert bucket_contents(server, bucket) == {'f.bin': data}
     heads = [target for method, target, _ in proxy.agents if method == 'HEAD' and 'f.bin' in target]
-    if server_name == 'seaweed':
-        assert heads == [] and run.report['verified_by'] == {'crc64nvme': 1}, run.report
-    else:
-        assert len(heads) == 1 and sum(run.report['verified_by'].values()) == 1, run.report
+    assert heads == [], heads
+    assert run.report['verified_by'] == ({'crc64nvme': 1} if server_name == 'seaweed' else {'etag': 1}), run.report
 
 
 def test_single_file_selected_by_srcfileindex(seaweed, tool, tmp_path):
@@ -638,7 +636,8 @@ def test_a_store_a_long_round_trip_away_gets_many_files_in_flight_from_the_start
     assert bucket_contents(seaweed, bucket) == files
     start = files_at_the_start(tool)
     assert InFlightWindow.files_to_start(0.1) <= start
-    assert 2 * InFlightWindow.START_FILES < most_at_once_at_first(proxy, seconds=1.0) <= start
+    # (+ 1: the write check's upload is aborted beside the first files, and that request is delayed too)
+    assert 2 * InFlightWindow.START_FILES < most_at_once_at_first(proxy, seconds=1.0) <= start + 1
 
 
 def most_at_once_at_first(proxy, seconds: float = 0.5) -> int:
