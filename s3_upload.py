@@ -1914,6 +1914,7 @@ class Head:
     etag: str
     metadata: Dict[str, str]           # user metadata, keys lower-cased (some stores capitalise them)
     checksums: Dict[str, str]          # 'CRC32C' -> base64 value (ChecksumMode=ENABLED)
+    md5_etag: bool = True              # the ETag is MD5-based (not with SSE-KMS or SSE-C)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2365,7 +2366,10 @@ class Destination:
                 return None
             raise
         metadata = {k.lower(): v for k, v in response.get('Metadata', {}).items()}
-        return Head(response['ContentLength'], response.get('ETag', ''), metadata, reported_checksums(response))
+        encrypted = response.get('ServerSideEncryption', '').startswith('aws:kms') or \
+            bool(response.get('SSECustomerAlgorithm'))
+        return Head(response['ContentLength'], response.get('ETag', ''), metadata, reported_checksums(response),
+                    not encrypted)
 
 
 ###############################################################################
@@ -3966,6 +3970,183 @@ def human_bytes(count: float) -> str:
 
 
 ###############################################################################
+# Check #######################################################################
+###############################################################################
+
+VERDICTS = ('same', 'different', 'missing', 'extra', 'unknown')
+Listed = Tuple[int, str]                # a destination object as listed: (size, ETag)
+
+
+def side_by_side(source_objects: Iterable[SourceObject], destination: Destination
+                 ) -> Iterator[Tuple[str, Optional[SourceObject], Optional[Listed]]]:
+    """(relative key, source object or None, destination (size, ETag) or None) for every key of either
+    listing, both streamed in key order (constant memory); ConfigError if a listing is not in key order."""
+    listing = destination.objects()
+    there = next(listing, None)
+    last = ''
+    for obj in source_objects:
+        if obj.key < last:
+            raise ConfigError(f'the source listing is not in key order ({obj.key!r} after {last!r}): '
+                              '--check needs sorted listings')
+        last = obj.key
+        while there is not None and there[0] < obj.key:
+            yield there[0], None, (there[1], there[2])
+            there = _next_in_order(listing, there[0])
+        if there is not None and there[0] == obj.key:
+            yield obj.key, obj, (there[1], there[2])
+            there = _next_in_order(listing, there[0])
+        else:
+            yield obj.key, obj, None
+    while there is not None:
+        yield there[0], None, (there[1], there[2])
+        there = _next_in_order(listing, there[0])
+
+
+def _next_in_order(listing: Iterator[Tuple[str, int, str]], after: str) -> Optional[Tuple[str, int, str]]:
+    item = next(listing, None)
+    if item is not None and item[0] <= after:
+        raise ConfigError(f'the destination listing is not in key order ({item[0]!r} after {after!r}): '
+                          '--check needs sorted listings')
+    return item
+
+
+class Comparison:
+    """--check: proves, without downloading the destination, which keys are the same on both sides. Each key
+    pair is judged by the strongest proof at hand: the store's full-object CRC64NVME against the source's
+    (computed here for a local file, or the S3 source's own), the ETag against the MD5s of the source's bytes
+    (rebuilt with the part size stamped at upload), the source stamp; else only the size is compared."""
+
+    WORKERS = 16
+    CHUNK = 8 * MiB
+
+    def __init__(self, config: Config, source: Any, destination: Destination, filters: Optional[Filters],
+                 retrier: Retrier, out: Any) -> None:
+        self.config = config
+        self.source = source
+        self.destination = destination
+        self.filters = filters
+        self.retry = retrier.call
+        self.out = out
+        self.counts: Dict[str, int] = dict.fromkeys(VERDICTS, 0)
+        self.proofs: Dict[str, int] = {}
+        self.reads_locally = getattr(source, 'reads_locally', False)
+        self.crc = _awscrt_checksums('CRC64NVME') if Checksum.available() else None
+
+    def run(self, records: Any) -> Dict[str, Any]:
+        """Judge every key, print a line each, write them to records (JSON lines); the tally."""
+        single = getattr(self.source, 'single', '')
+        pending: collections.deque = collections.deque()
+        with ThreadPoolExecutor(self.WORKERS, 'check') as pool:
+            for key, obj, there in side_by_side(self.source.objects(), self.destination):
+                if obj is None and (single and key != single or self.filters and self.filters.excluded(key, '')):
+                    continue
+                if obj is not None and self.filters and self.filters.excluded(obj.key, self.source.match_name(obj)):
+                    continue
+                pending.append(pool.submit(self._judged, key, obj, there))
+                while pending and (pending[0].done() or len(pending) > 4 * self.WORKERS):
+                    self._tell(pending.popleft().result(), records)
+            while pending:
+                self._tell(pending.popleft().result(), records)
+        return {'counts': dict(self.counts), 'proofs': dict(self.proofs)}
+
+    def _tell(self, judged: Tuple[str, str, str], records: Any) -> None:
+        key, verdict, how = judged
+        self.counts[verdict] += 1
+        if verdict == 'same':
+            self.proofs[how] = self.proofs.get(how, 0) + 1
+        print(f'{verdict:<9}  {key}' + (f'  ({how})' if how else ''), file=self.out)
+        records.write(json.dumps({'key': key, 'verdict': verdict, 'how': how}, ensure_ascii=False) + '\n')
+
+    def _judged(self, key: str, obj: Optional[SourceObject], there: Optional[Listed]) -> Tuple[str, str, str]:
+        if obj is None:
+            return key, 'extra', ''
+        if there is None:
+            return key, 'missing', ''
+        if obj.problem:
+            return key, 'unknown', obj.problem
+        if there[0] != obj.size:
+            return key, 'different', f'size: {obj.size} at the source, {there[0]} at the destination'
+        try:
+            return (key, *self.judge(obj, self.destination.key_for(obj.key)))
+        except Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - one key that cannot be judged does not stop the others
+            return key, 'unknown', str(error) if isinstance(error, (SourceGone, RestartFile)) else describe_error(error)
+
+    def judge(self, obj: SourceObject, key: str) -> Tuple[str, str]:
+        """(verdict, how) of a source object and the destination object of the same size at key."""
+        head = self.retry(f'HeadObject {key}', self.destination.head, key)
+        if head is None:
+            return 'missing', 'deleted since it was listed'
+        if head.size != obj.size:
+            return 'different', f'size: {obj.size} at the source, {head.size} at the destination'
+        info = None if self.reads_locally else self.retry(f'HeadObject (source) {key}', self.source.info, obj)
+        return self._by_crc(obj, head, info) or self._by_etag(obj, head, info) or self._by_stamp(obj, head) or \
+            ('same', 'size')
+
+    def _by_crc(self, obj: SourceObject, head: Head, info: Optional[Info]) -> Optional[Tuple[str, str]]:
+        stored = head.checksums.get('CRC64NVME', '')
+        if not stored or '-' in stored:
+            return None
+        if info is not None:
+            whole = info.whole
+            if whole is None or whole.name != 'crc64nvme':
+                return None
+            ours = b64(whole.expected.to_bytes(8, 'big'))
+        elif self.crc is not None:
+            value = 0
+            for chunk in self._chunks(obj, 0, obj.size):
+                value = self.crc.crc64nvme(chunk, value)
+            ours = b64(value.to_bytes(8, 'big'))
+        else:
+            return None
+        return ('same' if ours == stored else 'different'), 'crc64nvme'
+
+    def _by_etag(self, obj: SourceObject, head: Head, info: Optional[Info]) -> Optional[Tuple[str, str]]:
+        etag = clean_etag(head.etag)
+        if info is not None:
+            if etag == clean_etag(obj.version):
+                return 'same', 'etag'
+            if info.md5 is not None and head.md5_etag and '-' not in etag:
+                return ('same' if info.md5.hex() == etag else 'different'), 'md5'
+            return None
+        if not head.md5_etag or not re.fullmatch(r'[0-9a-f]{32}(-[0-9]+)?', etag):
+            return None
+        if '-' not in etag:
+            digest = hashlib.md5()
+            for chunk in self._chunks(obj, 0, obj.size):
+                digest.update(chunk)
+            return ('same' if digest.hexdigest() == etag else 'different'), 'md5'
+        stamped = head.metadata.get('s3u-etag-part-size', '')
+        part_size = int(stamped) if stamped.isdigit() else part_size_for(obj.size, self.config.chunk_bytes)
+        if not part_size or part_count(obj.size, part_size) != int(etag.split('-')[1]):
+            return None
+        digests = []
+        for number in range(1, part_count(obj.size, part_size) + 1):
+            digest = hashlib.md5()
+            for chunk in self._chunks(obj, *part_range(number, obj.size, part_size)):
+                digest.update(chunk)
+            digests.append(digest.digest())
+        if multipart_etag(digests) == etag:
+            return 'same', 'etag'
+        return ('different', 'etag') if stamped else None       # another part size may have made it
+
+    def _by_stamp(self, obj: SourceObject, head: Head) -> Optional[Tuple[str, str]]:
+        stamp = self.source.stamp(obj)
+        if not any(name in head.metadata for name in stamp):
+            return None
+        same = all(head.metadata.get(name) == value for name, value in stamp.items())
+        return ('same' if same else 'different'), 'stamp'
+
+    def _chunks(self, obj: SourceObject, offset: int, length: int) -> Iterator[bytes]:
+        end = offset + length
+        while offset < end:
+            size = min(self.CHUNK, end - offset)
+            yield self.retry(f'read {obj.key}', self.source.read, obj, offset, size)
+            offset += size
+
+
+###############################################################################
 # Report ######################################################################
 ###############################################################################
 
@@ -3991,6 +4172,8 @@ class Report:
     source: str = ''
     destination: str = ''
     halted: str = ''              # why the run stopped itself (e.g. credentials refused mid-run)
+    check: Dict[str, Any] = dataclasses.field(default_factory=dict)    # --check: counts per verdict and proof
+    keys: Any = dataclasses.field(default=None, repr=False, compare=False)  # --check: a file of a JSON line per key
 
     @classmethod
     def from_progress(cls, progress: Progress, stop_asked: bool, dry_run: bool = False) -> 'Report':
@@ -4006,16 +4189,43 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        if self.check:
+            counts = self.check['counts']
+            return EXIT_FAILED if counts['missing'] or counts['different'] or counts['unknown'] else EXIT_OK
         return EXIT_FAILED if self.files_failed or self.halted else EXIT_OK
 
     def write(self, path: str) -> None:
+        """The report as JSON; with --check, each key's verdict too (streamed from the keys file)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != 'keys'}
+        text = json.dumps(data, indent=2, ensure_ascii=False)
         temporary = path + '.tmp'
         with open(temporary, 'w', encoding='utf-8') as handle:
-            json.dump(dataclasses.asdict(self), handle, indent=2, ensure_ascii=False)
-            handle.write('\n')
+            if self.keys is None:
+                handle.write(text + '\n')
+            else:
+                handle.write(text[:-len('\n}')] + ',\n  "keys": [')
+                self.keys.seek(0)
+                for number, line in enumerate(self.keys):
+                    handle.write((',\n    ' if number else '\n    ') + line.rstrip('\n'))
+                handle.write('\n  ]\n}\n')
         os.replace(temporary, path)
 
+    def check_summary(self) -> str:
+        counts, proofs = self.check['counts'], self.check['proofs']
+        lines = [f'CHECKED in {self.seconds:.1f}s: ' + ', '.join(f'{counts[v]} {v}' for v in VERDICTS) +
+                 f' ({self.source} -> {self.destination})']
+        if proofs:
+            lines.append('same, proven by ' + ', '.join(f'{how}: {n}' for how, n in sorted(proofs.items())
+                                                        if how != 'size'))
+        if proofs.get('size'):
+            lines.append(f'{proofs["size"]} key(s) where the stores give nothing better than the size to compare')
+        lines.append('every key is at the destination and the same' if self.exit_code == EXIT_OK else
+                     'NOT the same: see the "different", "missing" and "unknown" lines above')
+        return '\n'.join(lines)
+
     def summary(self) -> str:
+        if self.check:
+            return self.check_summary()
         rate = self.bytes_transferred / self.seconds if self.seconds > 0 else 0
         lines = [
             f'{"STOPPED" if self.stopped else "DONE"} in {self.seconds:.1f}s: '
@@ -4316,12 +4526,15 @@ def offer_clean(config: Config, destination: Destination, source: Any) -> None:
 
 def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Optional[Progress] = None,
             show_progress: bool = False, ask: bool = False, rules: Iterable[Tuple[str, str]] = (),
-            dry_run: bool = False, accepted: Callable[[], None] = lambda: None) -> Report:
-    """Check, plan and run a job (or only print its plan); return its report. ConfigError on bad input;
-    accepted() is called once the checks passed, before anything is transferred."""
+            dry_run: bool = False, accepted: Callable[[], None] = lambda: None, check: bool = False) -> Report:
+    """Check, plan and run a job (or only print its plan, or with check only compare both sides); return its
+    report. ConfigError on bad input; accepted() is called once the checks passed, before anything is sent."""
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
     filters = Filters.from_config(config, rules)
-    source, destination, server_side = open_job(config, retrier, write_check=not dry_run)
+    source, destination, server_side = open_job(config, retrier, write_check=not dry_run and not check)
+    if check:
+        accepted()
+        return compare_job(config, source, destination, filters, retrier, progress or Progress())
     progress = progress or Progress()
     progress.source, progress.destination = source.describe(), destination.describe()
     try:
@@ -4352,6 +4565,19 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         gc.unfreeze()   # (nothing to do if the run failed before the freeze)
         destination.finish_check()
     return Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
+
+
+def compare_job(config: Config, source: Any, destination: Destination, filters: Filters, retrier: Retrier,
+                progress: Progress) -> Report:
+    """--check: every key of both sides judged and printed on stdout; the report holds each verdict too."""
+    import tempfile
+    progress.source, progress.destination = source.describe(), destination.describe()
+    keys = tempfile.TemporaryFile('w+', encoding='utf-8')
+    tally = Comparison(config, source, destination, filters, retrier, sys.stdout).run(keys)
+    progress.listing_done = True
+    report = Report.from_progress(progress, False)
+    report.check, report.keys = tally, keys
+    return report
 
 
 def default_config_path() -> str:
@@ -4389,6 +4615,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='override one config key, e.g. --set MaxThread=10 (repeatable)')
     parser.add_argument('--dry-run', action='store_true',
                         help='print what would be sent, skipped, excluded or fail, with totals; change nothing')
+    parser.add_argument('--check', action='store_true',
+                        help='transfer nothing: compare source and destination key by key (same, different, '
+                             'missing, extra) with the strongest proof each store offers; exit 0 only when '
+                             'nothing is missing or different')
     parser.add_argument('--include', metavar='PATTERN', action=RuleAction, dest='rules', default=[],
                         help='fnmatch pattern on the key below the source prefix; with --exclude, the last '
                              'matching rule wins, as in the AWS CLI (repeatable)')
@@ -4482,6 +4712,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.gui or (not args.nogui and os.name == 'nt'):
         return run_gui(args.config or default_config_path())
     try:
+        if args.check and args.dry_run:
+            raise ConfigError('--check and --dry-run cannot go together: --check changes nothing either')
         if args.report:
             check_report_path(args.report)
         config = Config.load(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
@@ -4512,8 +4744,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     outcome = install_signal_handlers(stop, quit_now)
     try:
-        report = run_job(config, stop, progress, show_progress=not args.dry_run, ask=True, rules=args.rules,
-                         dry_run=args.dry_run, accepted=log_file.open)
+        report = run_job(config, stop, progress, show_progress=not args.dry_run and not args.check,
+                         ask=not args.check, rules=args.rules, dry_run=args.dry_run, accepted=log_file.open,
+                         check=args.check)
     except ConfigError as error:
         logger.debug('bad input', exc_info=True)
         return fail_input(str(error))
