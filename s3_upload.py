@@ -544,6 +544,8 @@ RETRYABLE_ERROR_CODES = frozenset((
 CREDENTIAL_ERROR_CODES = frozenset(('InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
                                     'InvalidToken', 'UnrecognizedClientException', 'AuthFailure',
                                     'InvalidAccessKeyId.NotFound', 'TokenRefreshRequired'))
+# Met mid-run, these would fail every file the same way: the run stops (resumable) and says so once.
+RUN_ENDING_ERROR_CODES = CREDENTIAL_ERROR_CODES | {'NoSuchBucket', 'AllAccessDisabled', 'AccountProblem'}
 
 
 def error_code(error: BaseException) -> str:
@@ -3119,9 +3121,11 @@ class FileTransfer:
         except Stopped:
             raise
         except Exception as error:  # noqa: BLE001 - one failed file never stops the others
-            if error_code(error) in CREDENTIAL_ERROR_CODES:
-                self.engine.halt(f'the store refused the credentials mid-run ({describe_error(error)}): fix them '
-                                 'and run the same command again to resume')
+            code = error_code(error)
+            if code in RUN_ENDING_ERROR_CODES:
+                what = 'refused the credentials' if code in CREDENTIAL_ERROR_CODES else 'refused the bucket'
+                self.engine.halt(f'the store {what} mid-run ({describe_error(error)}): fix that and run the same '
+                                 'command again to resume')
                 raise Stopped() from None
             message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
             logger.error('FAILED %s: %s', task.key, message)
@@ -3219,6 +3223,11 @@ class FileTransfer:
                           f'have {b64(put.checksum)}')  # type: ignore[arg-type]
         if reported:
             return checksum.algorithm.lower()  # type: ignore[union-attr]
+        stored = clean_etag(head.etag)
+        if put.md5 is not None and head.md5_etag and re.fullmatch('[0-9a-f]{32}', stored):
+            if stored != put.md5.hex():
+                raise NotOurs(f'the object there has ETag {stored}, the MD5 of the bytes sent is {put.md5.hex()}')
+            return 'etag'           # the PutObject's answer was garbled, the object is right
         logger.info('%s: ETag %s is not the MD5 of the data (SSE-KMS or a store with other ETags); '
                     'the server accepted Content-MD5, size checked instead', key, etag)
         return 'size'
@@ -3352,7 +3361,7 @@ class MultipartCopy:
     def _give_up(self, upload_id: str, error: BaseException) -> None:
         """This run gives up on the file: keep its upload when a rerun resumes it (the store was unreachable or
         refused the credentials; the journal holds it), else abort it now, or have the next run abort it."""
-        if is_retryable(error) or error_code(error) in CREDENTIAL_ERROR_CODES:
+        if is_retryable(error) or error_code(error) in RUN_ENDING_ERROR_CODES:
             logger.info('%s: its unfinished upload is kept: run again to resume it', self.key)
             return
         try:

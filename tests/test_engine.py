@@ -699,3 +699,46 @@ def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seawee
     assert bucket_contents(moto, dst) == objects
     assert run.report['files_transferred'] == len(objects) and sum(run.report['verified_by'].values()) == len(objects)
     assert_small_ones_finished_without_a_worker(tool, objects, use_crt == 'auto')
+
+
+def proof_of(datas, checksum=True, etags=None, source_crc=''):
+    """An ObjectProof of parts holding these bytes, sent with CRC64NVME (or not) and MD5s hashed here."""
+    import hashlib
+    from s3_upload import Checksum, ObjectProof, PartDone
+    crc = Checksum('CRC64NVME') if checksum else None
+    parts = [PartDone(n, len(data), (etags or {}).get(n, hashlib.md5(data).hexdigest()), hashlib.md5(data).digest(),
+                      crc.of(data) if crc else None, hashed=True) for n, data in enumerate(datas, 1)]
+    return ObjectProof(parts, sum(map(len, datas)), crc, source_crc), crc
+
+
+def test_a_proof_accepts_what_fits_the_parts_and_refuses_what_contradicts_them():
+    import base64
+    import hashlib
+    from s3_upload import NotOurs, multipart_etag
+    datas = [b'a' * 100, b'b' * 50]
+    proof, crc = proof_of(datas)
+    whole = base64.b64encode(crc.of(b''.join(datas))).decode()
+    other = base64.b64encode(crc.of(b'c' * 150)).decode()
+    etag = multipart_etag([hashlib.md5(d).digest() for d in datas])
+    assert proof.judge(f'"{etag}"', {'CRC64NVME': whole}, 150) == 'crc64nvme'
+    assert proof.judge(f'"{etag}"', {}) == 'etag'
+    assert proof.judge('"0123"', {}) == ''                        # nothing to tell by: the caller asks a HEAD
+    for etag_there, checksums, size in ((etag, {'CRC64NVME': other}, 150), (etag, {}, 151),
+                                        ('0' * 32 + '-2', {}, 150)):
+        with pytest.raises(NotOurs):
+            proof.judge(etag_there, checksums, size)
+
+
+def test_a_proof_uses_etags_only_where_the_store_showed_they_are_md5s():
+    """SSE-KMS: part ETags are no MD5s, so an object ETag that is not the parts' MD5s contradicts nothing."""
+    proof, _ = proof_of([b'a' * 100, b'b' * 50], checksum=False, etags={1: 'f' * 32, 2: 'e' * 32})
+    assert proof.judge('"' + '0' * 32 + '-2"', {}, 150) == ''
+
+
+def test_a_proof_compares_the_stores_crc64nvme_with_the_sources():
+    import base64
+    from s3_upload import NotOurs
+    proof, crc = proof_of([b'x' * 10], checksum=False, source_crc=base64.b64encode(b'\0' * 8).decode())
+    assert proof.judge('', {'CRC64NVME': base64.b64encode(b'\0' * 8).decode()}) == 'crc64nvme'
+    with pytest.raises(NotOurs):
+        proof.judge('', {'CRC64NVME': base64.b64encode(b'\1' * 8).decode()})

@@ -124,7 +124,7 @@ def test_small_files_the_lane_gives_up_on_are_sent_again_after_a_backoff(seaweed
 
 PERMANENT = {
     '403 AccessDenied on UploadPart': ('PUT', r'multi\.bin\?.*partNumber=', 403, 'AccessDenied', 'AccessDenied'),
-    '404 NoSuchBucket on PutObject': ('PUT', r'/small\.txt$', 404, 'NoSuchBucket', 'NoSuchBucket'),
+    '400 InvalidStorageClass on PutObject': ('PUT', r'/small\.txt$', 400, 'InvalidStorageClass', 'InvalidStorageClass'),
 }
 
 
@@ -417,18 +417,31 @@ def test_a_full_log_dir_costs_resumability_not_the_transfer(seaweed, tool, tmp_p
     assert 1 <= len(said) <= 2 and all('LogDir is full' in line for line in said), run.stderr   # log file, journal
 
 
-def test_credentials_refused_mid_run_stop_the_run_with_one_line(seaweed, proxy, tool, tmp_path):
-    """Keys revoked while the run goes on: every request would fail the same way, so the run stops (what is
-    done stays done, the rest resumable) and says so once, instead of one FAILED line per file."""
+@pytest.mark.parametrize('status, code, said', [(403, 'InvalidAccessKeyId', 'refused the credentials'),
+                                                 (404, 'NoSuchBucket', 'refused the bucket')])
+def test_credentials_or_bucket_refused_mid_run_stop_the_run_with_one_line(status, code, said, seaweed, proxy, tool,
+                                                                            tmp_path):
+    """Keys revoked (or the bucket deleted) while the run goes on: every request would fail the same way, so the
+    run stops (what is done stays done, the rest resumable) and says so once, not one FAILED line per file."""
     files = {f'f{i:03d}.txt': b'%d' % i for i in range(300)}
     src = write_tree(tmp_path / 'src', files)
     bucket = seaweed.bucket()
-    rule = proxy.add('status', 'PUT', r'/f\d+\.txt$', times=-1, status=403, code='InvalidAccessKeyId',
-                     message='The AWS Access Key Id you provided does not exist in our records.')
+    rule = proxy.add('status', 'PUT', r'/f\d+\.txt$', times=-1, status=status, code=code)
     run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src))
     assert run.code == 1, run.stderr
     assert 'FAILED' not in run.stderr and run.report['files_failed'] == 0
-    stops = [line for line in run.stderr.splitlines() if 'refused the credentials mid-run' in line]
+    stops = [line for line in run.stderr.splitlines() if f'{said} mid-run' in line]
     assert len(stops) == 2, run.stderr          # the log line, and the summary's last word
-    assert run.report['stopped'] and 'InvalidAccessKeyId' in run.report['halted']
+    assert run.report['stopped'] and code in run.report['halted']
     assert rule.hits < len(files)
+
+
+def test_a_put_whose_answer_is_garbled_is_proven_by_the_objects_etag(seaweed, proxy, tool, tmp_path):
+    """The PutObject's answer carries another ETag (a bad link, a bad proxy): the object's own ETag, asked by a
+    HEAD, is the data's MD5, so the object is proven; nothing is sent twice."""
+    src = write_tree(tmp_path / 'src', {'small.txt': b'small object body'})
+    bucket = seaweed.bucket()
+    rule = proxy.add('headers', 'PUT', r'/small\.txt$', headers={'ETag': '"' + '0' * 32 + '"'})
+    run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChecksumAlgorithm='none', UseCRT='never'))
+    assert rule.hits == 1 and run.code == 0, run.stderr
+    assert run.report['verified_by'] == {'etag': 1} and run.report['parts_uploaded'] == 1
