@@ -27,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / 's3_upload.py'
+CLUSTER = ROOT / 's3_upload_cluster.py'
 sys.path.insert(0, str(ROOT))
 
 ADMIN_KEY, ADMIN_SECRET = 'SWADMINKEY0000000001', 'seaweed/admin/secret/key/0000000000000001'

@@ -69,7 +69,7 @@ def test_help_fits_the_terminal_and_names_the_fleet_commands():
                           env={**os.environ, 'COLUMNS': '80'})
     assert done.returncode == 0
     assert [line for line in done.stdout.splitlines() if len(line) > 80] == []
-    assert 'usage: s3_upload.py' in done.stdout and 's3_upload.py {jobsender,worker,status}' in done.stdout
+    assert 'usage: s3_upload.py' in done.stdout and 's3_upload_cluster.py {jobsender,worker,status}' in done.stdout
 
 
 @pytest.mark.parametrize('where', ['missing folder', 'a folder', 'below a file'])
@@ -430,3 +430,18 @@ def test_a_stop_that_stopped_nothing_is_not_reported():
     progress.add(files_skipped=1)
     report = Report.from_progress(progress, True)
     assert not report.stopped and report.exit_code == 0 and 'resume' not in report.summary()
+
+
+def test_the_tool_runs_alone_and_points_to_the_fleets_own_file(tool, tmp_path):
+    """Copied alone onto a server, s3_upload.py is the whole single-node tool; the fleet commands say where
+    they live instead of failing with a traceback."""
+    import shutil
+    alone = tmp_path / 'alone'
+    alone.mkdir()
+    shutil.copy(TOOL, alone / 's3_upload.py')
+    shown = subprocess.run([sys.executable, str(alone / 's3_upload.py'), '--help'], capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and '--check' in shown.stdout
+    run = subprocess.run([sys.executable, str(alone / 's3_upload.py'), 'worker', '--config', 'x.ini'],
+                         capture_output=True, text=True, timeout=60, env=tool.env, cwd=tmp_path)
+    assert run.returncode == 2 and 'put s3_upload_cluster.py beside s3_upload.py' in one_error_line(run)

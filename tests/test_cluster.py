@@ -1,4 +1,5 @@
-"""Cluster mode against a local AWS stack: SQS, DynamoDB and SSM of moto in server mode, data on SeaweedFS.
+"""s3_upload_cluster.py, the worker fleet, against a local AWS stack: SQS, DynamoDB and SSM of moto in server
+mode, data on SeaweedFS.
 
 jobsender -> several worker processes -> objects verified at the destination; a worker killed mid-object;
 poison messages; S3 event notifications; the Lambda handler across invocations that run out of time.
@@ -18,8 +19,9 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 
-from conftest import SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, TOOL, bucket_contents, random_bytes, wait_for_parts
-from s3_upload import BadMessage, Config, jobs_from_message
+from conftest import CLUSTER, SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, bucket_contents, random_bytes, wait_for_parts
+from s3_upload import Config
+from s3_upload_cluster import BadMessage, jobs_from_message
 
 MiB = 1024 * 1024
 
@@ -59,7 +61,7 @@ class Stack:
 
     def command(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> list:
         ini = self.tool.ini(self.settings(**more), name)
-        return [sys.executable, str(TOOL), subcommand, '--config', str(ini), *extra]
+        return [sys.executable, str(CLUSTER), subcommand, '--config', str(ini), *extra]
 
     def run(self, subcommand: str, *extra: str, timeout: float = 240, **more) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(subcommand, *extra, **more), capture_output=True, text=True,
@@ -220,7 +222,7 @@ class FakeContext:
 
 
 def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkeypatch, caplog):
-    import s3_upload
+    import s3_upload_cluster
     data = random_bytes(24 * MiB, 9)
     stack.put_sources({'data/large.bin': data})
     assert stack.run('jobsender', '--dry-run').returncode == 0        # creates the status table
@@ -238,7 +240,7 @@ def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkey
     event = {'Records': [{'messageId': 'm-1', 'receiptHandle': 'r-1', 'body': json.dumps(job), 'eventSource': 'aws:sqs'},
                          {'messageId': 'm-2', 'receiptHandle': 'r-2', 'body': 'poison', 'eventSource': 'aws:sqs'}]}
     started = time.monotonic()
-    first = s3_upload.lambda_handler(event, FakeContext(5))
+    first = s3_upload_cluster.lambda_handler(event, FakeContext(5))
     assert time.monotonic() - started < 15
     assert first == {'batchItemFailures': [{'itemIdentifier': 'm-1'}, {'itemIdentifier': 'm-2'}]}
     uploaded = wait_for_parts(stack.seaweed, stack.dst, 'copy/large.bin', 1, timeout=5)
@@ -246,7 +248,7 @@ def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkey
     assert stack.items()[f'{stack.dst}/copy/large.bin']['state'] == 'queued'     # released, resumable
     monkeypatch.setenv('S3UPLOAD_BandwidthLimit', '0')
     with caplog.at_level(logging.INFO, logger='s3_upload'):
-        second = s3_upload.lambda_handler({'Records': event['Records'][:1]}, FakeContext(120))
+        second = s3_upload_cluster.lambda_handler({'Records': event['Records'][:1]}, FakeContext(120))
     assert second == {'batchItemFailures': []}
     assert 'already there' in caplog.text          # resumed from the first invocation's parts
     assert bucket_contents(stack.seaweed, stack.dst) == {'copy/large.bin': data}
