@@ -95,8 +95,59 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
+###############################################################################
+# Errors and helpers ##########################################################
+###############################################################################
+
 class ConfigError(Exception):
     """Bad input found before any transfer: one line for the user, exit code 2."""
+
+
+class Stopped(Exception):
+    """The user asked to stop; the work in hand is left resumable."""
+
+
+class RestartFile(Exception):
+    """This file must be copied again from the start (its source or its upload changed)."""
+
+
+class SourceChanged(RestartFile):
+    """The source object changed while it was being copied."""
+
+
+class PartsRefused(Exception):
+    """CompleteMultipartUpload refused a part (InvalidPart): find it and send it again."""
+
+
+class UploadLost(RestartFile):
+    """The multipart upload is gone or cannot be completed (aborted elsewhere, dropped or refused by the
+    store): the file starts over."""
+
+
+class SourceGone(Exception):
+    """The source object vanished or became unreadable: this file fails."""
+
+
+class VerifyError(Exception):
+    """The finished destination object does not match the source."""
+
+
+class ServerSideUnavailable(Exception):
+    """Server-side copy cannot work here (access denied, other partition, unsupported): stream instead."""
+
+
+def human_bytes(count: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(count) < 1024 or unit == 'TiB':
+            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
+        count /= 1024
+    return f'{count:.1f} TiB'
+
+
+def _private_open(path: str, append: bool = False) -> Any:
+    """Open a text file for writing that only its owner can read."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return open(os.open(path, flags, 0o600), 'a' if append else 'w', encoding='utf-8', errors='backslashreplace')
 
 
 ###############################################################################
@@ -515,12 +566,165 @@ def write_settings(path: str, settings: Dict[str, Any]) -> None:
 
 
 ###############################################################################
-# S3 clients and errors #######################################################
+# Logging #####################################################################
 ###############################################################################
 
-class Stopped(Exception):
-    """The user asked to stop; the work in hand is left resumable."""
+CONTROL_CHARACTERS = {code: f'\\x{code:02x}' for code in range(32) if code != 9} | {10: '\\n', 13: '\\r'}
 
+
+class SecretFilter(logging.Filter):
+    """Replaces every known secret (access keys, secret keys, tokens) in log records by '***'.
+
+    It also escapes control characters, so a key with a newline cannot forge log lines.
+    """
+
+    MIN_LENGTH = 8   # shorter values are no real keys, and masking them would mangle ordinary words
+    secrets: set = set()
+    lock = threading.Lock()
+
+    @classmethod
+    def remember(cls, credentials: Any) -> None:
+        try:
+            frozen = credentials.get_frozen_credentials()
+        except Exception:  # noqa: BLE001 - refreshable credentials may fail here; nothing to remember
+            return
+        cls.add(frozen.access_key, frozen.secret_key, frozen.token)
+
+    @classmethod
+    def add(cls, *values: Optional[str]) -> None:
+        with cls.lock:
+            cls.secrets.update(v for v in values if v and len(v) >= cls.MIN_LENGTH)
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        for secret in sorted(cls.secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, '***')
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage().translate(CONTROL_CHARACTERS)
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Console log lines that share the terminal with the live progress bar."""
+
+    lock = threading.Lock()
+    status = ''
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, 'console', True) is False:      # for the log file only (the summary, printed plain)
+            return
+        with self.lock:
+            if self.status:
+                self.stream.write('\r\x1b[K')
+            super().emit(record)
+            if self.status:
+                self.stream.write(self.status)
+                self.stream.flush()
+
+    @classmethod
+    def show_status(cls, stream: Any, line: str) -> None:
+        with cls.lock:
+            cls.status = line
+            stream.write('\r\x1b[K' + line)
+            stream.flush()
+
+    @classmethod
+    def clear_line(cls, stream: Any) -> None:
+        with cls.lock:
+            if cls.status:
+                stream.write('\r\x1b[K')
+                stream.flush()
+            cls.status = ''
+
+
+class LogFile(logging.StreamHandler):
+    """LogDir/s3_upload-<time>.log (owner-only). Deferred: records wait in memory until open(), so a job refused
+    before any transfer leaves no file and no folder. A write that fails (LogDir full) is said once on the
+    console; the run goes on without the file."""
+
+    def __init__(self, folder: str, deferred: bool = False) -> None:
+        super().__init__(io.StringIO())
+        self.folder = folder
+        self.path = os.path.join(folder, time.strftime('s3_upload-%Y%m%d-%H%M%S') + f'-{os.getpid()}.log')
+        self.waiting: Optional[List[logging.LogRecord]] = []
+        self.broken = False
+        if not deferred:
+            self.open()
+
+    def open(self) -> None:
+        """Create the folder and the file, and write what was logged so far; ConfigError if they cannot be."""
+        if self.waiting is None:
+            return
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            self.setStream(_private_open(self.path))
+        except OSError as error:
+            raise ConfigError(f'cannot create the log file in LogDir {self.folder}: {error.strerror}: '
+                              'fix LogDir') from None
+        waiting, self.waiting = self.waiting, None
+        for record in waiting:
+            self.handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.waiting is not None:
+            self.waiting.append(record)
+        elif not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.broken:
+            return
+        self.broken = True
+        error = sys.exc_info()[1]
+        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+        print(f's3_upload: cannot write the log file {self.path} ({getattr(error, "strerror", None) or error}): '
+              'the run goes on, logging to the console only; ' +
+              ('LogDir is full: free space there or set LogDir to another disk' if full else 'check LogDir'),
+              file=sys.stderr)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().close()
+
+
+def setup_logging(config: Config, console: bool = True, deferred: bool = False) -> LogFile:
+    """Log to LogDir/s3_upload-<time>.log (owner-only; deferred: from LogFile.open() on) and to the console
+    at LoggingLevel."""
+    level = getattr(logging, config.LoggingLevel)
+    secret_filter = SecretFilter()
+    file_handler = LogFile(config.LogDir, deferred)
+    file_handler.setLevel(min(level, logging.INFO))
+    file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(threadName)s %(message)s'))
+    file_handler.addFilter(secret_filter)
+    handlers: List[logging.Handler] = [file_handler]
+    if console:
+        console_handler = ConsoleHandler(sys.stderr)
+        console_handler.setLevel(level)
+        console_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
+        console_handler.addFilter(secret_filter)
+        handlers.append(console_handler)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    # botocore's own DEBUG output is only wanted at DEBUG (it is filtered for secrets like ours).
+    for name in ('botocore', 'boto3', 'urllib3', 's3transfer'):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
+    return file_handler
+
+
+###############################################################################
+# S3 clients and errors #######################################################
+###############################################################################
 
 FATAL_ERROR_CODES = frozenset((
     'AccessDenied', 'AllAccessDisabled', 'AccountProblem', 'ExpiredToken', 'InvalidAccessKeyId',
@@ -1269,37 +1473,6 @@ def whole_checksum(response: Dict[str, Any]) -> Optional[WholeChecksum]:
 ###############################################################################
 # Sources #####################################################################
 ###############################################################################
-# A source is one small class:
-#   describe() / check()            what it is; ConfigError if it cannot be used
-#   objects()                       SourceObjects in S3 key order (streamed)
-#   read(obj, offset, length)       bytes of a range, pinned to the listed version of obj
-#   fetch(obj) -> (bytes, Info)     a whole small object with its metadata, in one request
-#   info(obj) -> Info               metadata (Content-Type, user metadata, tags, whole-object checksum)
-#   current(obj) / changed(obj)     the object as it is now / whether it differs from obj
-#   stamp(obj)                      what identifies this version (stored as x-amz-meta-s3u-* at the destination)
-#   match_name(obj)                 the name ignore-list patterns are matched against
-
-class RestartFile(Exception):
-    """This file must be copied again from the start (its source or its upload changed)."""
-
-
-class SourceChanged(RestartFile):
-    """The source object changed while it was being copied."""
-
-
-class PartsRefused(Exception):
-    """CompleteMultipartUpload refused a part (InvalidPart): find it and send it again."""
-
-
-class UploadLost(RestartFile):
-    """The multipart upload is gone or cannot be completed (aborted elsewhere, dropped or refused by the
-    store): the file starts over."""
-
-
-class SourceGone(Exception):
-    """The source object vanished or became unreadable: this file fails."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SourceObject:
     """One file or object to copy, as the source described it when listed."""
@@ -1345,10 +1518,71 @@ def printable(name: str) -> str:
     return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
-class LocalSource:
+class Source:
+    """What the engine may ask of a source, as an rclone backend: list, read a range, describe. A new source is
+    one subclass (and one line in open_job); the defaults say what a source cannot do."""
+
+    reads_locally = False       # reads cost no round trip: small files are read where they are planned, and
+                                # parts found at the destination can be proven by re-hashing them
+    single = ''                 # the one file or key selected (SrcFileIndex), else ''
+
+    def describe(self) -> str:
+        """What the source is, for messages and the report."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """ConfigError if the source cannot be used."""
+
+    def objects(self) -> Iterator[SourceObject]:
+        """Every selected object, in S3 key order, streamed."""
+        raise NotImplementedError
+
+    def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        """Bytes of a range, pinned to the listed version of obj (SourceChanged / SourceGone otherwise)."""
+        raise NotImplementedError
+
+    def info(self, obj: SourceObject) -> Info:
+        """Metadata that travels with the bytes: Content-Type, user metadata, tags, whole-object checksum."""
+        return Info()
+
+    def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
+        """A whole small object and its metadata (in one request where the source can)."""
+        return self.read(obj, 0, obj.size), self.info(obj)
+
+    def fetch_async(self, obj: SourceObject,
+                    done: Callable[[Optional[Tuple[bytes, Info]], Optional[BaseException]], None]) -> bool:
+        """Start a fetch without a thread of ours, done() called at its end; False (no call) when it cannot."""
+        return False
+
+    def current(self, obj: SourceObject) -> SourceObject:
+        """The object as it is now (SourceGone if it no longer exists)."""
+        return obj
+
+    def changed(self, obj: SourceObject) -> bool:
+        """Whether the object differs from when it was listed."""
+        return False
+
+    def vanished(self, location: str) -> bool:
+        """Whether an object a run once started to copy is gone, so its unfinished upload is nobody's."""
+        return False
+
+    def stamp(self, obj: SourceObject) -> Dict[str, str]:
+        """What identifies this version (stored as x-amz-meta-s3u-* at the destination)."""
+        return {}
+
+    def match_name(self, obj: SourceObject) -> str:
+        """The name ignore-list patterns are matched against."""
+        return obj.location
+
+    def copy_source(self, obj: SourceObject) -> Dict[str, str]:
+        """Where CopyObject / UploadPartCopy read the object from (only sources on an S3 endpoint)."""
+        raise ServerSideUnavailable('the source is not on an S3 endpoint')
+
+
+class LocalSource(Source):
     """Files below a local folder (recursive, in S3 key order) or one file in it."""
 
-    reads_locally = True    # no round trip per read: small files are read where they are planned
+    reads_locally = True
 
     def __init__(self, root: str, single: str = '*') -> None:
         self.root = os.path.abspath(root)
@@ -1497,7 +1731,7 @@ class LocalSource:
         return obj.location.replace(os.sep, '/')
 
 
-class S3Source:
+class S3Source(Source):
     """Objects below a prefix of a bucket (any S3 endpoint), read by ranged GETs pinned to their ETag."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, single: str = '*', page_size: int = 1000,
@@ -1672,7 +1906,7 @@ class S3Source:
         return {'Bucket': self.bucket, 'Key': obj.location}
 
 
-class OssSource:
+class OssSource(Source):
     """Objects below a prefix of an Aliyun OSS bucket (oss2 SDK), verified end to end by OSS's CRC-64."""
 
     def __init__(self, bucket: Any, prefix: str, single: str = '*', page_size: int = 1000,
@@ -2668,120 +2902,9 @@ class ResumeJournal:
             return False
 
 
-def _private_open(path: str, append: bool = False) -> Any:
-    """Open a text file for writing that only its owner can read."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    return open(os.open(path, flags, 0o600), 'a' if append else 'w', encoding='utf-8', errors='backslashreplace')
-
-
 ###############################################################################
-# Engine ######################################################################
+# Flow control ################################################################
 ###############################################################################
-
-EMPTY_MD5 = 'd41d8cd98f00b204e9800998ecf8427e'
-
-
-class VerifyError(Exception):
-    """The finished destination object does not match the source."""
-
-
-class ServerSideUnavailable(Exception):
-    """Server-side copy cannot work here (access denied, other partition, unsupported): stream instead."""
-
-
-SERVER_SIDE_FAILURES = frozenset(('AccessDenied', '403', 'NotImplemented', '501', 'InvalidRequest',
-                                  'XNotImplemented', 'CrossLocationLoggingProhibited', 'AuthorizationHeaderMalformed'))
-
-
-class Progress:
-    """Thread-safe counters of a run, read by the progress display, the report and the GUI."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started = time.monotonic()
-        self.listing_done = False
-        self.files_total = self.files_transferred = self.files_skipped = self.files_failed = 0
-        self.files_excluded = 0
-        self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
-        self.bytes_copied_server_side = 0
-        self.bytes_redone = 0                    # counted as done, then sent again (a file started over)
-        self.parts_uploaded = self.parts_resumed = 0
-        self.verified_by: Dict[str, int] = {}
-        self.failures: List[Dict[str, str]] = []
-        self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
-        self.completing = 0                      # uploads whose bytes are all there, being completed and verified
-        self.halted = ''                         # why the run stopped itself (credentials refused mid-run)
-        self.source = self.destination = ''      # what the job copies, once checked
-
-    @property
-    def finished_all(self) -> bool:
-        """Every selected file is accounted for (a stop asked for after that stopped nothing)."""
-        return self.listing_done and self.files_done >= self.files_total and not self.halted
-
-    def add(self, **counts: int) -> None:
-        with self.lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def verified(self, how: str) -> None:
-        with self.lock:
-            self.files_transferred += 1
-            self.verified_by[how] = self.verified_by.get(how, 0) + 1
-
-    def file_started(self, key: str, size: int) -> None:
-        with self.lock:
-            self.active[key] = [0, size]
-
-    def file_advanced(self, key: str, nbytes: int) -> None:
-        with self.lock:
-            if key in self.active:
-                self.active[key][0] += nbytes
-
-    def file_restarted(self, key: str) -> None:
-        """The file starts over: what it had done no longer counts towards the job."""
-        with self.lock:
-            if key in self.active:
-                self.bytes_redone += self.active[key][0]
-                self.active[key][0] = 0
-
-    def file_ended(self, key: str) -> None:
-        with self.lock:
-            self.active.pop(key, None)
-
-    @contextlib.contextmanager
-    def completing_upload(self) -> Iterator[None]:
-        """An upload whose parts are all there is being completed and verified (shown while the bar is full)."""
-        self.add(completing=1)
-        try:
-            yield
-        finally:
-            self.add(completing=-1)
-
-    def fail(self, key: str, error: str) -> None:
-        with self.lock:
-            self.files_failed += 1
-            self.failures.append({'key': key, 'error': error})
-
-    @property
-    def bytes_done(self) -> int:
-        return (self.bytes_transferred + self.bytes_resumed + self.bytes_skipped + self.bytes_copied_server_side
-                - self.bytes_redone)
-
-    @property
-    def files_done(self) -> int:
-        return self.files_transferred + self.files_skipped + self.files_failed
-
-    def snapshot(self) -> Dict[str, Any]:
-        with self.lock:
-            counts = {name: getattr(self, name) for name in (
-                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
-                'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
-                'bytes_redone', 'parts_uploaded', 'parts_resumed', 'listing_done')}
-            counts['bytes_done'] = self.bytes_done
-            counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
-        counts['seconds'] = time.monotonic() - self.started
-        return counts
-
 
 class RateLimiter:
     """A token bucket shared by all threads: caps the upload rate at BandwidthLimit. A request still
@@ -3008,6 +3131,107 @@ class InFlightWindow:
         if rest:
             self.rate_before = None
             self.resting_until = self.clock() + self.REST
+
+
+###############################################################################
+# Engine ######################################################################
+###############################################################################
+
+EMPTY_MD5 = 'd41d8cd98f00b204e9800998ecf8427e'
+
+
+SERVER_SIDE_FAILURES = frozenset(('AccessDenied', '403', 'NotImplemented', '501', 'InvalidRequest',
+                                  'XNotImplemented', 'CrossLocationLoggingProhibited', 'AuthorizationHeaderMalformed'))
+
+
+class Progress:
+    """Thread-safe counters of a run, read by the progress display, the report and the GUI."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.listing_done = False
+        self.files_total = self.files_transferred = self.files_skipped = self.files_failed = 0
+        self.files_excluded = 0
+        self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
+        self.bytes_copied_server_side = 0
+        self.bytes_redone = 0                    # counted as done, then sent again (a file started over)
+        self.parts_uploaded = self.parts_resumed = 0
+        self.verified_by: Dict[str, int] = {}
+        self.failures: List[Dict[str, str]] = []
+        self.active: Dict[str, List[int]] = {}   # key -> [bytes done, size]
+        self.completing = 0                      # uploads whose bytes are all there, being completed and verified
+        self.halted = ''                         # why the run stopped itself (credentials refused mid-run)
+        self.source = self.destination = ''      # what the job copies, once checked
+
+    @property
+    def finished_all(self) -> bool:
+        """Every selected file is accounted for (a stop asked for after that stopped nothing)."""
+        return self.listing_done and self.files_done >= self.files_total and not self.halted
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def verified(self, how: str) -> None:
+        with self.lock:
+            self.files_transferred += 1
+            self.verified_by[how] = self.verified_by.get(how, 0) + 1
+
+    def file_started(self, key: str, size: int) -> None:
+        with self.lock:
+            self.active[key] = [0, size]
+
+    def file_advanced(self, key: str, nbytes: int) -> None:
+        with self.lock:
+            if key in self.active:
+                self.active[key][0] += nbytes
+
+    def file_restarted(self, key: str) -> None:
+        """The file starts over: what it had done no longer counts towards the job."""
+        with self.lock:
+            if key in self.active:
+                self.bytes_redone += self.active[key][0]
+                self.active[key][0] = 0
+
+    def file_ended(self, key: str) -> None:
+        with self.lock:
+            self.active.pop(key, None)
+
+    @contextlib.contextmanager
+    def completing_upload(self) -> Iterator[None]:
+        """An upload whose parts are all there is being completed and verified (shown while the bar is full)."""
+        self.add(completing=1)
+        try:
+            yield
+        finally:
+            self.add(completing=-1)
+
+    def fail(self, key: str, error: str) -> None:
+        with self.lock:
+            self.files_failed += 1
+            self.failures.append({'key': key, 'error': error})
+
+    @property
+    def bytes_done(self) -> int:
+        return (self.bytes_transferred + self.bytes_resumed + self.bytes_skipped + self.bytes_copied_server_side
+                - self.bytes_redone)
+
+    @property
+    def files_done(self) -> int:
+        return self.files_transferred + self.files_skipped + self.files_failed
+
+    def snapshot(self) -> Dict[str, Any]:
+        with self.lock:
+            counts = {name: getattr(self, name) for name in (
+                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
+                'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
+                'bytes_redone', 'parts_uploaded', 'parts_resumed', 'listing_done')}
+            counts['bytes_done'] = self.bytes_done
+            counts['active'] = {key: list(done_size) for key, done_size in self.active.items()}
+        counts['seconds'] = time.monotonic() - self.started
+        return counts
 
 
 class Switch:
@@ -3282,7 +3506,7 @@ class FileTransfer:
                 return True
             unstamped = not any(name.startswith('s3u-src-') for name in head.metadata)
             return unstamped and 's3u-src-etag' in stamp and clean_etag(head.etag) == stamp['s3u-src-etag']
-        if isinstance(self.source, LocalSource):
+        if self.source.reads_locally:
             return self._same_local_content(head)
         info = self.retry(f'HeadObject (source) {key}', self.source.info, obj)
         for name, value in info.stamp.items():
@@ -3486,7 +3710,7 @@ class MultipartCopy:
         by_number = {part.number: part for part in parts}
         if trusted and not self.config.ifVerifyMD5:
             return upload.upload_id, part_size, by_number
-        if not trusted and not isinstance(self.source, LocalSource) and not self.config.ifVerifyMD5:
+        if not trusted and not self.source.reads_locally and not self.config.ifVerifyMD5:
             self._discard(upload.upload_id, 'no journal entry proves its parts come from this source version '
                                             '(set ifVerifyMD5 = True to check them by re-reading)')
             return None
@@ -3678,7 +3902,7 @@ class QuickPuts:
         self.engine = engine
         self.hand_over = hand_over
         self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
-        self.reads_locally = getattr(engine.source, 'reads_locally', False)
+        self.reads_locally = engine.source.reads_locally
         self.in_flight = 0
         self.idle = threading.Condition()
 
@@ -3686,8 +3910,8 @@ class QuickPuts:
     def possible(engine: 'Engine') -> bool:
         """A destination lane, and a source that reads locally or without a thread (no bandwidth limit: its
         wait would stall the source lane's thread)."""
-        reads_async = hasattr(engine.source, 'fetch_async') and engine.limiter.rate <= 0
-        return engine.destination.lane is not None and (getattr(engine.source, 'reads_locally', False) or reads_async)
+        reads_async = type(engine.source).fetch_async is not Source.fetch_async and engine.limiter.rate <= 0
+        return engine.destination.lane is not None and (engine.source.reads_locally or reads_async)
 
     def send(self, task: Task) -> bool:
         """Start the file's PutObject (or the GET before it); False (nothing started) when a worker has to
@@ -3783,7 +4007,7 @@ class Engine:
     """Runs the plan: up to MaxParallelFile files at once, MaxThread parts in flight per file, and no
     more file data in memory than MemoryLimit (Concurrency = auto finds how much of both pays)."""
 
-    def __init__(self, config: Config, source: Any, destination: Destination, journal: ResumeJournal,
+    def __init__(self, config: Config, source: Source, destination: Destination, journal: ResumeJournal,
                  retrier: Retrier, progress: Optional[Progress] = None, filters: Optional[Filters] = None,
                  server_side: bool = False) -> None:
         self.config = config
@@ -3967,14 +4191,6 @@ def part_workers(config: Config) -> int:
                                      config.MemoryLimit // config.ChunkSize))
 
 
-def human_bytes(count: float) -> str:
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(count) < 1024 or unit == 'TiB':
-            return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
-        count /= 1024
-    return f'{count:.1f} TiB'
-
-
 ###############################################################################
 # Check #######################################################################
 ###############################################################################
@@ -4025,7 +4241,7 @@ class Comparison:
     WORKERS = 16
     CHUNK = 8 * MiB
 
-    def __init__(self, config: Config, source: Any, destination: Destination, filters: Optional[Filters],
+    def __init__(self, config: Config, source: Source, destination: Destination, filters: Optional[Filters],
                  retrier: Retrier, out: Any) -> None:
         self.config = config
         self.source = source
@@ -4035,12 +4251,12 @@ class Comparison:
         self.out = out
         self.counts: Dict[str, int] = dict.fromkeys(VERDICTS, 0)
         self.proofs: Dict[str, int] = {}
-        self.reads_locally = getattr(source, 'reads_locally', False)
+        self.reads_locally = source.reads_locally
         self.crc = _awscrt_checksums('CRC64NVME') if Checksum.available() else None
 
     def run(self, records: Any) -> Dict[str, Any]:
         """Judge every key, print a line each, write them to records (JSON lines); the tally."""
-        single = getattr(self.source, 'single', '')
+        single = self.source.single
         pending: collections.deque = collections.deque()
         with ThreadPoolExecutor(self.WORKERS, 'check') as pool:
             for key, obj, there in side_by_side(self.source.objects(), self.destination):
@@ -4307,161 +4523,8 @@ class ProgressDisplay:
 
 
 ###############################################################################
-# CLI #########################################################################
+# Job #########################################################################
 ###############################################################################
-
-CONTROL_CHARACTERS = {code: f'\\x{code:02x}' for code in range(32) if code != 9} | {10: '\\n', 13: '\\r'}
-
-
-class SecretFilter(logging.Filter):
-    """Replaces every known secret (access keys, secret keys, tokens) in log records by '***'.
-
-    It also escapes control characters, so a key with a newline cannot forge log lines.
-    """
-
-    MIN_LENGTH = 8   # shorter values are no real keys, and masking them would mangle ordinary words
-    secrets: set = set()
-    lock = threading.Lock()
-
-    @classmethod
-    def remember(cls, credentials: Any) -> None:
-        try:
-            frozen = credentials.get_frozen_credentials()
-        except Exception:  # noqa: BLE001 - refreshable credentials may fail here; nothing to remember
-            return
-        cls.add(frozen.access_key, frozen.secret_key, frozen.token)
-
-    @classmethod
-    def add(cls, *values: Optional[str]) -> None:
-        with cls.lock:
-            cls.secrets.update(v for v in values if v and len(v) >= cls.MIN_LENGTH)
-
-    @classmethod
-    def redact(cls, text: str) -> str:
-        for secret in sorted(cls.secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, '***')
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage().translate(CONTROL_CHARACTERS)
-        record.msg, record.args = self.redact(message), None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
-
-
-class ConsoleHandler(logging.StreamHandler):
-    """Console log lines that share the terminal with the live progress bar."""
-
-    lock = threading.Lock()
-    status = ''
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, 'console', True) is False:      # for the log file only (the summary, printed plain)
-            return
-        with self.lock:
-            if self.status:
-                self.stream.write('\r\x1b[K')
-            super().emit(record)
-            if self.status:
-                self.stream.write(self.status)
-                self.stream.flush()
-
-    @classmethod
-    def show_status(cls, stream: Any, line: str) -> None:
-        with cls.lock:
-            cls.status = line
-            stream.write('\r\x1b[K' + line)
-            stream.flush()
-
-    @classmethod
-    def clear_line(cls, stream: Any) -> None:
-        with cls.lock:
-            if cls.status:
-                stream.write('\r\x1b[K')
-                stream.flush()
-            cls.status = ''
-
-
-class LogFile(logging.StreamHandler):
-    """LogDir/s3_upload-<time>.log (owner-only). Deferred: records wait in memory until open(), so a job refused
-    before any transfer leaves no file and no folder. A write that fails (LogDir full) is said once on the
-    console; the run goes on without the file."""
-
-    def __init__(self, folder: str, deferred: bool = False) -> None:
-        super().__init__(io.StringIO())
-        self.folder = folder
-        self.path = os.path.join(folder, time.strftime('s3_upload-%Y%m%d-%H%M%S') + f'-{os.getpid()}.log')
-        self.waiting: Optional[List[logging.LogRecord]] = []
-        self.broken = False
-        if not deferred:
-            self.open()
-
-    def open(self) -> None:
-        """Create the folder and the file, and write what was logged so far; ConfigError if they cannot be."""
-        if self.waiting is None:
-            return
-        try:
-            os.makedirs(self.folder, exist_ok=True)
-            self.setStream(_private_open(self.path))
-        except OSError as error:
-            raise ConfigError(f'cannot create the log file in LogDir {self.folder}: {error.strerror}: '
-                              'fix LogDir') from None
-        waiting, self.waiting = self.waiting, None
-        for record in waiting:
-            self.handle(record)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.waiting is not None:
-            self.waiting.append(record)
-        elif not self.broken:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        if self.broken:
-            return
-        self.broken = True
-        error = sys.exc_info()[1]
-        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-        print(f's3_upload: cannot write the log file {self.path} ({getattr(error, "strerror", None) or error}): '
-              'the run goes on, logging to the console only; ' +
-              ('LogDir is full: free space there or set LogDir to another disk' if full else 'check LogDir'),
-              file=sys.stderr)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            super().close()
-
-
-def setup_logging(config: Config, console: bool = True, deferred: bool = False) -> LogFile:
-    """Log to LogDir/s3_upload-<time>.log (owner-only; deferred: from LogFile.open() on) and to the console
-    at LoggingLevel."""
-    level = getattr(logging, config.LoggingLevel)
-    secret_filter = SecretFilter()
-    file_handler = LogFile(config.LogDir, deferred)
-    file_handler.setLevel(min(level, logging.INFO))
-    file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(threadName)s %(message)s'))
-    file_handler.addFilter(secret_filter)
-    handlers: List[logging.Handler] = [file_handler]
-    if console:
-        console_handler = ConsoleHandler(sys.stderr)
-        console_handler.setLevel(level)
-        console_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
-        console_handler.addFilter(secret_filter)
-        handlers.append(console_handler)
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(min(level, logging.INFO))
-    # botocore's own DEBUG output is only wanted at DEBUG (it is filtered for secrets like ours).
-    for name in ('botocore', 'boto3', 'urllib3', 's3transfer'):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
-    return file_handler
-
 
 def server_side_possible(config: Config, source_client: Any, destination_client: Any) -> bool:
     """S3_TO_S3 may copy inside the store: allowed, one endpoint, one partition (auto falls back if denied)."""
@@ -4469,7 +4532,7 @@ def server_side_possible(config: Config, source_client: Any, destination_client:
             source_client.meta.partition == destination_client.meta.partition)
 
 
-def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Any, Destination, bool]:
+def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Source, Destination, bool]:
     """Source and destination of a job, checked before anything is transferred, and whether the
     source can be copied server-side (same endpoint and partition)."""
     pool = config.MaxParallelFile + part_workers(config) + 4
@@ -4478,7 +4541,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
                               config.ListPageSize, retrier)
     server_side = False
     if config.JobType == 'LOCAL_TO_S3':
-        source: Any = LocalSource(config.SrcDir, config.SrcFileIndex)
+        source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)
     elif config.JobType == 'S3_TO_S3':
         src_client = client_for(config, 'Src', pool, loader=des_client.data_loader)
         source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex, config.ListPageSize,
@@ -4494,10 +4557,9 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
     return source, destination, server_side
 
 
-def abort_left_behind(journal: ResumeJournal, destination: Destination, source: Any, retrier: Retrier) -> None:
+def abort_left_behind(journal: ResumeJournal, destination: Destination, source: Source, retrier: Retrier) -> None:
     """Abort the uploads earlier runs gave up on, or whose source file is gone: no run would meet them again."""
-    vanished = getattr(source, 'vanished', lambda location: False)
-    for entry in journal.left_behind(destination.bucket, destination.prefix, vanished):
+    for entry in journal.left_behind(destination.bucket, destination.prefix, source.vanished):
         key, upload_id = entry['key'], entry['upload_id']
         try:
             retrier.call(f'AbortMultipartUpload {key}', destination.abort, key, upload_id)
@@ -4512,11 +4574,11 @@ def abort_left_behind(journal: ResumeJournal, destination: Destination, source: 
                     'given up on' if entry.get('abandoned') else 'its source file is gone')
 
 
-def offer_clean(config: Config, destination: Destination, source: Any) -> None:
+def offer_clean(config: Config, destination: Destination, source: Source) -> None:
     """DontAskMeToClean = False: on a terminal, offer to abort this job's unfinished uploads."""
     if config.DontAskMeToClean or not sys.stdin.isatty():
         return
-    single = getattr(source, 'single', '')
+    single = source.single
     prefix = destination.key_for(single) if single else destination.prefix
     destination.finish_check()
     uploads = [u for u in destination.uploads(prefix) if not single or u.key == prefix]
@@ -4573,7 +4635,7 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     return Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
 
 
-def compare_job(config: Config, source: Any, destination: Destination, filters: Filters, retrier: Retrier,
+def compare_job(config: Config, source: Source, destination: Destination, filters: Filters, retrier: Retrier,
                 progress: Progress) -> Report:
     """--check: every key of both sides judged and printed on stdout; the report holds each verdict too."""
     import tempfile
@@ -4585,6 +4647,10 @@ def compare_job(config: Config, source: Any, destination: Destination, filters: 
     report.check, report.keys = tally, keys
     return report
 
+
+###############################################################################
+# CLI #########################################################################
+###############################################################################
 
 def default_config_path() -> str:
     """s3_upload_config.ini beside the script (or beside the packaged executable)."""
@@ -4706,71 +4772,6 @@ def check_report_path(path: str) -> None:
     except OSError as error:
         raise ConfigError(f'cannot write --report {path} ({error.strerror}): name a file in a writable '
                           'folder') from None
-
-
-def fleet_main(argv: List[str]) -> int:
-    """`s3_upload.py worker ...` as earlier versions took it: the fleet lives in s3_upload_cluster.py."""
-    try:
-        import s3_upload_cluster
-    except ImportError:
-        return fail_input(f'{argv[0]} is a command of the worker fleet: put s3_upload_cluster.py beside '
-                          's3_upload.py and run python3 s3_upload_cluster.py ' + ' '.join(argv))
-    return s3_upload_cluster.main(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ('jobsender', 'worker', 'status'):
-        return fleet_main(argv)
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        return run_demo()
-    if args.gui or (not args.nogui and os.name == 'nt'):
-        return run_gui(args.config or default_config_path())
-    try:
-        if args.check and args.dry_run:
-            raise ConfigError('--check and --dry-run cannot go together: --check changes nothing either')
-        if args.report:
-            check_report_path(args.report)
-        config = Config.load(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
-        log_file = setup_logging(config, deferred=True)
-    except ConfigError as error:
-        return fail_input(str(error))
-    for warning in config.warnings:
-        logger.warning('%s', warning)
-    progress, stop = Progress(), threading.Event()
-
-    def finish(report: Report) -> None:
-        """The summary on the console and at the end of the log file, and the JSON report."""
-        if not args.dry_run:
-            ConsoleHandler.clear_line(sys.stderr)
-            print(report.summary(), file=sys.stderr)
-            for line in report.summary().splitlines():
-                logger.info('%s', line, extra={'console': False})
-        if args.report:
-            try:
-                report.write(args.report)
-            except OSError as error:
-                print(f's3_upload: error: cannot write --report {args.report}: {error.strerror}', file=sys.stderr)
-
-    def quit_now(code: int) -> None:
-        finish(Report.from_progress(progress, True, args.dry_run))
-        logging.shutdown()
-        os._exit(code)
-
-    outcome = install_signal_handlers(stop, quit_now)
-    try:
-        report = run_job(config, stop, progress, show_progress=not args.dry_run and not args.check,
-                         ask=not args.check, rules=args.rules, dry_run=args.dry_run, accepted=log_file.open,
-                         check=args.check)
-    except ConfigError as error:
-        logger.debug('bad input', exc_info=True)
-        return fail_input(str(error))
-    logger.info('log file: %s', log_file.path)
-    finish(report)
-    if report.stopped and not report.halted:
-        return outcome['code'] or EXIT_SIGINT
-    return report.exit_code
 
 
 def run_demo() -> int:
@@ -5290,6 +5291,75 @@ def run_gui(config_path: str) -> int:
     App(root, config_path)
     root.mainloop()
     return EXIT_OK
+
+
+###############################################################################
+# Main ########################################################################
+###############################################################################
+
+def fleet_main(argv: List[str]) -> int:
+    """`s3_upload.py worker ...` as earlier versions took it: the fleet lives in s3_upload_cluster.py."""
+    try:
+        import s3_upload_cluster
+    except ImportError:
+        return fail_input(f'{argv[0]} is a command of the worker fleet: put s3_upload_cluster.py beside '
+                          's3_upload.py and run python3 s3_upload_cluster.py ' + ' '.join(argv))
+    return s3_upload_cluster.main(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ('jobsender', 'worker', 'status'):
+        return fleet_main(argv)
+    args = build_parser().parse_args(argv)
+    if args.demo:
+        return run_demo()
+    if args.gui or (not args.nogui and os.name == 'nt'):
+        return run_gui(args.config or default_config_path())
+    try:
+        if args.check and args.dry_run:
+            raise ConfigError('--check and --dry-run cannot go together: --check changes nothing either')
+        if args.report:
+            check_report_path(args.report)
+        config = Config.load(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
+        log_file = setup_logging(config, deferred=True)
+    except ConfigError as error:
+        return fail_input(str(error))
+    for warning in config.warnings:
+        logger.warning('%s', warning)
+    progress, stop = Progress(), threading.Event()
+
+    def finish(report: Report) -> None:
+        """The summary on the console and at the end of the log file, and the JSON report."""
+        if not args.dry_run:
+            ConsoleHandler.clear_line(sys.stderr)
+            print(report.summary(), file=sys.stderr)
+            for line in report.summary().splitlines():
+                logger.info('%s', line, extra={'console': False})
+        if args.report:
+            try:
+                report.write(args.report)
+            except OSError as error:
+                print(f's3_upload: error: cannot write --report {args.report}: {error.strerror}', file=sys.stderr)
+
+    def quit_now(code: int) -> None:
+        finish(Report.from_progress(progress, True, args.dry_run))
+        logging.shutdown()
+        os._exit(code)
+
+    outcome = install_signal_handlers(stop, quit_now)
+    try:
+        report = run_job(config, stop, progress, show_progress=not args.dry_run and not args.check,
+                         ask=not args.check, rules=args.rules, dry_run=args.dry_run, accepted=log_file.open,
+                         check=args.check)
+    except ConfigError as error:
+        logger.debug('bad input', exc_info=True)
+        return fail_input(str(error))
+    logger.info('log file: %s', log_file.path)
+    finish(report)
+    if report.stopped and not report.halted:
+        return outcome['code'] or EXIT_SIGINT
+    return report.exit_code
 
 
 def leave(code: int) -> None:
