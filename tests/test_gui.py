@@ -159,20 +159,43 @@ def test_save_to_config_writes_an_ini_the_cli_runs_unchanged(window, seaweed, to
 
 
 def test_lists_buckets_and_drills_into_prefixes_without_freezing(window, seaweed):
+    """Each listing is answered 1.5 s late: the window's call returns at once and its event loop keeps running
+    (it redraws, answers clicks) until the answer fills the drop-down."""
+    from fault_proxy import FaultProxy
     app = window
     bucket = seaweed.bucket('listed')
     client = seaweed.client()
     for key in ('photos/2024/a.jpg', 'photos/2025/b.jpg', 'docs/c.txt'):
         client.put_object(Bucket=bucket, Key=key, Body=b'.')
-    fill(app, JobType='LOCAL_TO_S3', DesProfileName=seaweed.profile, DesEndPointURL=seaweed.endpoint, DesBucket='')
-    app.list_buckets('Des')
-    pump(app, lambda: bucket in app.widgets['DesBucket'][0].cget('values'))
-    app.vars['DesBucket'].set(bucket)
-    app.list_prefixes('Des')
-    pump(app, lambda: 'photos' in app.widgets['S3Prefix'][0].cget('values'))
-    app.vars['S3Prefix'].set('photos')
-    app.list_prefixes('Des')
-    pump(app, lambda: 'photos/2025' in app.widgets['S3Prefix'][0].cget('values'))
+    proxy = FaultProxy(seaweed.endpoint)
+    proxy.add('delay', 'GET', r'^/(\?|$)|list-type=2', times=-1, seconds=1.5)
+    ticks = []
+
+    def tick():
+        ticks.append(time.monotonic())
+        app.root.after(20, tick)
+
+    def listed_without_freezing(call, ready):
+        ticks.clear()
+        app.root.after(20, tick)
+        started = time.monotonic()
+        call()
+        assert time.monotonic() - started < 0.5, 'the listing ran on the window\'s thread'
+        pump(app, ready)
+        waited = time.monotonic() - started
+        assert waited > 1.4 and len(ticks) > 20, (waited, len(ticks))   # the loop ran all along
+    try:
+        fill(app, JobType='LOCAL_TO_S3', DesProfileName=seaweed.profile, DesEndPointURL=proxy.endpoint, DesBucket='')
+        listed_without_freezing(lambda: app.list_buckets('Des'),
+                                lambda: bucket in app.widgets['DesBucket'][0].cget('values'))
+        app.vars['DesBucket'].set(bucket)
+        listed_without_freezing(lambda: app.list_prefixes('Des'),
+                                lambda: 'photos' in app.widgets['S3Prefix'][0].cget('values'))
+        app.vars['S3Prefix'].set('photos')
+        listed_without_freezing(lambda: app.list_prefixes('Des'),
+                                lambda: 'photos/2025' in app.widgets['S3Prefix'][0].cget('values'))
+    finally:
+        proxy.stop()
 
 
 def test_job_type_switches_the_active_fields(window):
