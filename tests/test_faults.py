@@ -212,7 +212,7 @@ def test_crash_at_any_instant(seaweed, proxy, tool, tmp_path):
     files.update({f'big/{i}.bin': rng.randbytes(rng.randint(11 * MiB, 16 * MiB)) for i in range(8)})
     src = write_tree(tmp_path / 'src', files)
     bucket = seaweed.bucket()
-    files_in_flight, threads, part = 4, 2, 5 * MiB
+    files_in_flight, threads = 4, 2
     settings = proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=threads,
                        MaxParallelFile=files_in_flight, BandwidthLimit=3, RequestTimeout=5)
     restarts = 0

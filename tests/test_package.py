@@ -25,3 +25,16 @@ def test_one_file_build_runs_help_and_a_transfer(moto, tool, tmp_path):
                          timeout=300, env=tool.env, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert bucket_contents(moto, bucket) == {'hello.txt': b'from the one-file build', 'big.bin': b'b' * (6 * 1024 * 1024)}
+
+
+def test_pip_builds_a_wheel_with_both_files_and_their_commands(tmp_path):
+    import zipfile
+    built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-w',
+                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob('s3_upload-*.whl')
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
+    assert {'s3_upload.py', 's3_upload_cluster.py'} <= set(names)
+    assert 's3-upload = s3_upload:main' in entry_points and 's3-upload-cluster = s3_upload_cluster:main' in entry_points
