@@ -162,8 +162,8 @@ LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 CANNED_ACLS = ('private', 'public-read', 'public-read-write', 'authenticated-read', 'aws-exec-read',
                'bucket-owner-read', 'bucket-owner-full-control')
 # Files up to this size (and half of MemoryLimit) go in one PutObject unless ChunkSize is larger: a multipart
-# upload costs a store that joins the parts by copying them (rclone serve s3) a third more CPU, and a crash
-# loses what is in flight either way (at most the memory window).
+# upload costs more of the CPU of a store that joins the parts by copying them (rclone serve s3), and a crash
+# loses what is in flight either way (at most the memory window). Measured: bench/README.md.
 SINGLE_PUT_MIB = 64
 
 
@@ -257,20 +257,26 @@ class Option:
 OPTIONS: Tuple[Option, ...] = (
     Option('Basic', 'JobType', 'LOCAL_TO_S3', _choice(*JOB_TYPES), 'LOCAL_TO_S3 | S3_TO_S3 | ALIOSS_TO_S3'),
     Option('Basic', 'DesProfileName', 'default', _text,
-           'AWS profile of the destination (empty = default credential chain)'),
+           'profile of the destination in ~/.aws/credentials or ~/.aws/config (empty = the default '
+           'credential chain: environment, instance role, ...)'),
     Option('Basic', 'DesEndPointURL', 'AWS', _endpoint,
-           'AWS (or empty) for Amazon S3, else the URL of an S3-compatible endpoint'),
+           'AWS (or empty) for Amazon S3; else the URL of an S3-compatible store, e.g. '
+           'http://127.0.0.1:9000 (MinIO), https://storage.googleapis.com (GCS, HMAC keys)'),
     Option('Basic', 'DesRegion', '', _word, 'destination region (empty = the profile\'s region)'),
     Option('Basic', 'DesBucket', None, _word, 'destination bucket'),
     Option('Basic', 'S3Prefix', '', _prefix, 'destination folder in the bucket (empty = bucket root)'),
     Option('Basic', 'SrcFileIndex', '*', _text,
            '* = everything below the source, recursively; else one file/key relative to it'),
     Option('LOCAL_TO_S3', 'SrcDir', None, _text, 'local source folder'),
-    Option('S3_TO_S3', 'SrcProfileName', 'default', _text, 'AWS profile of the source'),
-    Option('S3_TO_S3', 'SrcEndPointURL', 'AWS', _endpoint, 'AWS (or empty) for Amazon S3, else an S3-compatible URL'),
+    Option('S3_TO_S3', 'SrcProfileName', 'default', _text,
+           'profile of the source (its own credentials: another account, partition or store)'),
+    Option('S3_TO_S3', 'SrcEndPointURL', 'AWS', _endpoint,
+           'AWS (or empty) for Amazon S3; else the URL of the S3-compatible source store'),
     Option('S3_TO_S3', 'SrcRegion', '', _word, 'source region (empty = the profile\'s region)'),
     Option('S3_TO_S3', 'SrcBucket', None, _word, 'source bucket'),
-    Option('S3_TO_S3', 'SrcPrefix', None, _prefix, 'source folder of S3_TO_S3 / ALIOSS_TO_S3 (default: S3Prefix)'),
+    Option('S3_TO_S3', 'SrcPrefix', None, _prefix,
+           'source folder of S3_TO_S3 / ALIOSS_TO_S3; empty = the bucket root; without the key: S3Prefix,'
+           ' as the original tool'),
     Option('ALIOSS_TO_S3', 'ali_SrcBucket', None, _word, 'Aliyun OSS source bucket'),
     Option('ALIOSS_TO_S3', 'ali_access_key_id', '', _word, 'OSS AccessKey ID (better: env OSS_ACCESS_KEY_ID)'),
     Option('ALIOSS_TO_S3', 'ali_access_key_secret', '', _word,
@@ -278,15 +284,16 @@ OPTIONS: Tuple[Option, ...] = (
     Option('ALIOSS_TO_S3', 'ali_endpoint', 'oss-cn-beijing.aliyuncs.com', _word,
            'OSS endpoint host, or a full http(s):// URL'),
     Option('Advanced', 'ChunkSize', '8', _int_range(5, 5120, ' of MiB'),
-           'part size in MiB; grown per file so no file needs more than 10,000 parts'),
+           'part size in MiB (5 to 5120); grown per file so no file needs more than 10,000 parts'),
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000),
-           'retries of one request after transient errors (exponential backoff)'),
+           'retries of one request after transient errors (exponential backoff with jitter)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
     Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024),
            'files in flight, at most (Concurrency = auto starts with what the round trip to the store '
            'needs)'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'),
-           'file data held in memory at once (parts and small files in flight), in MiB'),
+           'file data held in memory at once (parts and small files in flight), in MiB; memory in use is '
+           'about 100 MiB more'),
     Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'),
            'auto: the data in flight starts at 2.5 GiB/s x the round trip (64 to 256 MiB), the files in '
            'flight at 1,280/s x the round trip (at least 32), and both double while that raises '
@@ -301,7 +308,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'ResumableThreshold', None, _optional(_int_range(0, 5120, ' of MiB')),
            'files up to this size (MiB) go in one PutObject (default: 64 or half of MemoryLimit, or '
            'ChunkSize if larger), larger ones as resumable multipart uploads'),
-    Option('Advanced', 'LogDir', 'log', _text, 'folder for log files and the resume journal'),
+    Option('Advanced', 'LogDir', 'log', _text,
+           'folder for log files and the resume journal (relative to the current directory)'),
     Option('Advanced', 'BandwidthLimit', '0', _float_range(0, 1e6, ' of MiB/s'),
            'upper bound on upload rate in MiB/s (0 = none)'),
     Option('Advanced', 'RetryMode', 'standard', _choice('standard', 'adaptive'), 'botocore retry mode'),
@@ -339,7 +347,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'CopyTags', 'False', _bool, 'copy object tags from S3 sources'),
     Option('Advanced', 'UseCRT', 'auto', _choice('auto', 'never'),
            "auto: small PutObjects and GetObjects go through AWS's C runtime (awscrt) when it is "
-           'installed, a third of the CPU per file; never: botocore only'),
+           'installed, with less CPU per file than botocore; never: botocore only'),
     Option('Advanced', 'VerifyTLS', 'True', _bool,
            'verify TLS certificates (False only for test endpoints; prints a warning)'),
     Option('Cluster', 'SqsQueueUrl', '', _word, 'jobsender/worker/Lambda: URL of the SQS job queue'),
@@ -853,7 +861,7 @@ def _path_style_host(endpoint: str) -> bool:
 
 def parse_timestamp(value: Any) -> datetime.datetime:
     """botocore's timestamp parser, without dateutil for the two forms S3 answers with (ISO 8601 in
-    listings, RFC 822 in headers): dateutil took 120 us per value, three values per small file."""
+    listings, RFC 822 in headers): dateutil's general parser is slow, and small files need several per file."""
     import botocore.utils
     try:
         if isinstance(value, str) and value[4:5] == '-':
@@ -1007,7 +1015,7 @@ class Deadlines:
 
 class CrtLane:
     """PutObject and GetObject of small bodies through AWS's C runtime (awscrt's S3 client) when it is
-    installed: the request is signed, sent and answered in C, a quarter of botocore's CPU per small file.
+    installed: the request is signed, sent and answered in C, far less CPU per small file than botocore's.
     Everything else (and whatever the lane cannot carry) stays with botocore; errors come back as botocore's."""
 
     MAX_BODY = 2 * MiB      # above this, botocore's slice-wise send costs less CPU per byte than the lane's

@@ -151,3 +151,35 @@ def test_endpoint_forms():
 
 def test_prefix_forms():
     assert s3_upload._prefix('/a/b/') == 'a/b' and s3_upload._prefix('/') == '' and s3_upload._prefix('.') == ''
+
+
+def documented_rows(path):
+    """key -> (default, meaning) of the settings table rows (| `Key` | default | meaning |) of a Markdown file."""
+    import re
+    rows = {}
+    for line in path.read_text(encoding='utf-8').splitlines():
+        match = re.match(r'\| `(\w+)` \| (.*?) \| (.*) \|$', line)
+        if match:
+            rows[match.group(1)] = (match.group(2), match.group(3).replace('\\|', '|'))
+    return rows
+
+
+def test_each_setting_is_described_once_and_every_document_says_the_same():
+    """The option table (which --help prints) is the one description: the README's settings table (the fleet's
+    keys in deploy/README.md) and the shipped ini's comment above each key repeat it word for word."""
+    import re
+    from pathlib import Path
+    root = Path(s3_upload.__file__).parent
+    expected = {o.name: ('' if o.default is None else o.default, o.help) for o in s3_upload.OPTIONS}
+    readme, fleet = documented_rows(root / 'README.md'), documented_rows(root / 'deploy' / 'README.md')
+    assert readme == {k: v for k, v in expected.items() if s3_upload.OPTIONS_BY_KEY[k.lower()].section != 'Cluster'}
+    assert fleet == {k: v for k, v in expected.items() if s3_upload.OPTIONS_BY_KEY[k.lower()].section == 'Cluster'}
+    lines = (root / 's3_upload_config.ini').read_text(encoding='utf-8').splitlines()
+    for option in s3_upload.OPTIONS:
+        (at,) = [n for n, line in enumerate(lines) if line.split('=')[0].strip(' #') == option.name]
+        comment = []
+        for line in reversed(lines[:at]):
+            if not line.startswith('# ') or re.match(r'# \w+ =', line):
+                break
+            comment.insert(0, line[2:])
+        assert ' '.join(comment) == option.help, option.name
