@@ -4528,6 +4528,55 @@ class Report:
         return '\n'.join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """What a progress display shows, computed once for the command line and the window alike."""
+    fraction: float             # of the selected bytes, 0..1 (never past 1)
+    done: int
+    total: int
+    rate: float                 # bytes/s over the last seconds, sent and copied inside the store alike
+    eta: str
+    files: str                  # 'done/total' ('+' while the listing goes on)
+    active: Dict[str, List[int]]
+    completing: int
+    skipped: int
+    failed: int
+    transferred: int
+
+    def doing(self) -> str:
+        """The rate and ETA, or what the run waits for once every byte is there."""
+        if self.done >= self.total and self.completing:
+            return f'completing {self.completing} upload{"s" if self.completing > 1 else ""}'
+        return f'{human_bytes(self.rate)}/s ETA {self.eta}'
+
+
+class RateMeter:
+    """Reads a run's Progress: the share done, and the rate and ETA over the last WINDOW seconds."""
+
+    WINDOW = 10.0
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.samples: List[Tuple[float, int]] = []
+
+    def read(self) -> Reading:
+        p = self.progress.snapshot()
+        now = time.monotonic()
+        moved = p['bytes_transferred'] + p['bytes_copied_server_side']
+        self.samples = [s for s in self.samples if now - s[0] < self.WINDOW] + [(now, moved)]
+        elapsed = now - self.samples[0][0]
+        rate = (self.samples[-1][1] - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
+        total = p['bytes_total']
+        done = min(max(p['bytes_done'], 0), total)
+        fraction = done / total if total else (1.0 if p['listing_done'] else 0.0)
+        eta = time.strftime('%H:%M:%S', time.gmtime((total - done) / rate)) \
+            if rate > 0 and p['listing_done'] else '--:--:--'
+        files_done = p['files_transferred'] + p['files_skipped'] + p['files_failed']
+        files = f'{files_done}/{p["files_total"]}' + ('' if p['listing_done'] else '+')
+        return Reading(fraction, done, total, rate, eta, files, p['active'], self.progress.completing,
+                       p['files_skipped'], p['files_failed'], p['files_transferred'])
+
+
 class ProgressDisplay:
     """A live bar on a terminal, else a log line every few seconds."""
 
@@ -4538,7 +4587,7 @@ class ProgressDisplay:
         self.interval = interval or (0.5 if self.tty else 5.0)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name='progress', daemon=True)
-        self.samples: List[Tuple[float, int]] = []
+        self.meter = RateMeter(progress)
 
     def __enter__(self) -> 'ProgressDisplay':
         self.thread.start()
@@ -4559,23 +4608,9 @@ class ProgressDisplay:
                 logger.info('progress: %s', line)
 
     def line(self) -> str:
-        p = self.progress
-        now = time.monotonic()
-        self.samples = [s for s in self.samples if now - s[0] < 10] + [(now, p.bytes_transferred)]
-        elapsed = now - self.samples[0][0]
-        rate = (self.samples[-1][1] - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
-        total = p.bytes_total
-        done = min(max(p.bytes_done, 0), total)
-        fraction = done / total if total else (1.0 if p.listing_done else 0.0)
-        remaining = total - done
-        files_total = f'{p.files_total}' if p.listing_done else f'{p.files_total}+'
-        if remaining == 0 and p.completing:
-            what = f'completing {p.completing} upload{"s" if p.completing > 1 else ""}'
-        else:
-            eta = time.strftime('%H:%M:%S', time.gmtime(remaining / rate)) if rate > 0 and p.listing_done else '--:--:--'
-            what = f'{human_bytes(rate)}/s ETA {eta}'
-        return (f'[{"#" * int(fraction * 20):<20}] {fraction * 100:5.1f}% {human_bytes(done)}/{human_bytes(total)} '
-                f'{what} files {p.files_done}/{files_total} (skipped {p.files_skipped}, failed {p.files_failed})')
+        r = self.meter.read()
+        return (f'[{"#" * int(r.fraction * 20):<20}] {r.fraction * 100:5.1f}% {human_bytes(r.done)}/{human_bytes(r.total)} '
+                f'{r.doing()} files {r.files} (skipped {r.skipped}, failed {r.failed})')
 
 
 ###############################################################################
@@ -4907,6 +4942,7 @@ class TransferRun:
         self.config = config
         self.stop = threading.Event()
         self.progress = Progress()
+        self.meter = RateMeter(self.progress)
         self.report: Optional[Report] = None
         self.error = ''
         self.thread = threading.Thread(target=self._run, name='transfer', daemon=True)
@@ -4971,7 +5007,6 @@ class App:
         self.run: Optional[TransferRun] = None
         self.finished = True                       # the current run's end has been shown
         self.logging_ready = False
-        self.rates: List[Tuple[float, int]] = []
         root.title(f's3_upload {__version__} - multi-threaded, resumable upload to Amazon S3')
         root.geometry('1000x700')
         root.minsize(900, 600)
@@ -5239,7 +5274,6 @@ class App:
                 return
             logger.addHandler(self.log_handler)
             self.logging_ready = True
-        self.rates = []
         self.finished = False
         self.run = TransferRun(config).start()
         self.start_button.configure(state='disabled')
@@ -5288,30 +5322,19 @@ class App:
         self.root.after(200, self.poll)
 
     def show(self, run: TransferRun) -> None:
-        p = run.progress.snapshot()
-        done = p['bytes_done']
-        now = time.monotonic()
-        self.rates = [r for r in self.rates if now - r[0] < 10] + [(now, p['bytes_transferred'] + p['bytes_copied_server_side'])]
-        span = self.rates[-1][0] - self.rates[0][0]
-        rate = (self.rates[-1][1] - self.rates[0][1]) / span if span > 0 else 0.0
-        fraction = done / p['bytes_total'] if p['bytes_total'] else (1.0 if not run.running and run.report else 0.0)
-        self.bar['value'] = 100.0 * fraction
-        eta = time.strftime('%H:%M:%S', time.gmtime((p['bytes_total'] - done) / rate)) \
-            if rate > 0 and p['listing_done'] else '--:--:--'
-        files_done = p['files_transferred'] + p['files_skipped'] + p['files_failed']
-        total = f'{p["files_total"]}' if p['listing_done'] else f'{p["files_total"]}+'
-        self.status.configure(text=f'{fraction * 100:5.1f}%  {human_bytes(done)} of {human_bytes(p["bytes_total"])}  '
-                                   f'{human_bytes(rate)}/s  ETA {eta}   files {files_done}/{total}  '
-                                   f'transferred {p["files_transferred"]}  skipped {p["files_skipped"]}  '
-                                   f'failed {p["files_failed"]}')
+        r = run.meter.read()
+        self.bar['value'] = 100.0 * r.fraction
+        self.status.configure(text=f'{r.fraction * 100:5.1f}%  {human_bytes(r.done)} of {human_bytes(r.total)}  '
+                                   f'{r.doing()}   files {r.files}  transferred {r.transferred}  skipped {r.skipped}  '
+                                   f'failed {r.failed}')
         shown = set(self.files.get_children())
-        for key, (sent, size) in p['active'].items():
+        for key, (sent, size) in r.active.items():
             values = (human_bytes(size), f'{100.0 * sent / size if size else 100:.0f}%')
             if key in shown:
                 self.files.item(key, values=values)
             else:
                 self.files.insert('', 'end', iid=key, text=key, values=values)
-        for key in shown - set(p['active']):
+        for key in shown - set(r.active):
             self.files.delete(key)
 
     def finish(self, run: TransferRun) -> None:

@@ -445,3 +445,18 @@ def test_the_tool_runs_alone_and_points_to_the_fleets_own_file(tool, tmp_path):
     run = subprocess.run([sys.executable, str(alone / 's3_upload.py'), 'worker', '--config', 'x.ini'],
                          capture_output=True, text=True, timeout=60, env=tool.env, cwd=tmp_path)
     assert run.returncode == 2 and 'put s3_upload_cluster.py beside s3_upload.py' in one_error_line(run)
+
+
+def test_rate_and_eta_count_bytes_copied_inside_the_store_for_the_bar_and_the_window_alike():
+    import time
+    from s3_upload import Progress, ProgressDisplay, RateMeter
+    progress = Progress()
+    progress.listing_done = True
+    progress.add(files_total=1, bytes_total=100 * 1024 ** 2)
+    meter, display = RateMeter(progress), ProgressDisplay(progress)
+    meter.read(), display.line()
+    time.sleep(0.2)
+    progress.add(bytes_copied_server_side=10 * 1024 ** 2)          # an S3 -> S3 copy inside the store
+    reading = meter.read()
+    assert reading.rate > 10 * 1024 ** 2 and reading.eta != '--:--:--'
+    assert 'ETA 00:00:' in display.line()                          # the command line's bar says the same
