@@ -3600,6 +3600,57 @@ def _server_side_error(error: BaseException) -> BaseException:
     return error
 
 
+@dataclasses.dataclass
+class Reuse:
+    """What PartReuse decided for one unfinished upload."""
+    part_size: int = 0
+    kept: Dict[int, Part] = dataclasses.field(default_factory=dict)    # reused as they are
+    to_prove: List[Part] = dataclasses.field(default_factory=list)     # reused if their bytes, read again, fit
+    discard: str = ''                 # why the upload cannot be this source's (then it is aborted)
+    acknowledged: bool = False        # the journal holds the parts the store acknowledged to us
+    ours: bool = False                # no journal entry yet: proven parts make it ours from now on
+
+
+class PartReuse:
+    """Decides which listed parts of an unfinished upload this source can keep: those the resume journal shows
+    the store acknowledged to us (for this source version), else those whose bytes, read again, have the MD5
+    of their ETag (local files, or with ifVerifyMD5); an upload whose parts cannot fit the source is discarded."""
+
+    def __init__(self, obj: SourceObject, planned: int, verify: bool, rereads: bool) -> None:
+        self.obj = obj
+        self.planned = planned            # the part size this run would use
+        self.verify = verify              # ifVerifyMD5: every kept part is read again
+        self.rereads = rereads            # reading parts again is cheap (a local source)
+
+    def decide(self, parts: List[Part], entry: Optional[Dict[str, Any]]) -> Reuse:
+        trusted = entry is not None and entry.get('identity') == self.obj.identity
+        if trusted and 'parts' in entry and not self.verify:  # type: ignore[operator]
+            return self._acknowledged(parts, entry)  # type: ignore[arg-type]
+        candidates = ([entry['part_size']] if entry else []) + ([max(p.size for p in parts)] if parts else []) + \
+            [self.planned]
+        part_size = next((size for size in candidates if parts_fit(parts, self.obj.size, size)), None)
+        if part_size is None:
+            return Reuse(discard='its parts do not fit the current source (size or part size differ)')
+        if trusted and not self.verify:       # a journal of version 2.0: no parts recorded, all listed are kept
+            return Reuse(part_size, {part.number: part for part in parts})
+        if not trusted and not self.rereads and not self.verify:
+            return Reuse(discard='no journal entry proves its parts come from this source version (set '
+                                 'ifVerifyMD5 = True to check them by re-reading)')
+        return Reuse(part_size, to_prove=list(parts), ours=not trusted)
+
+    def _acknowledged(self, parts: List[Part], entry: Dict[str, Any]) -> Reuse:
+        """Keep the parts the store acknowledged to us with the ETag it lists now; one listed but never
+        acknowledged (a kill cut off its answer) is read again; any other is sent again."""
+        part_size = entry['part_size']
+        if not parts_fit([], self.obj.size, part_size):
+            return Reuse(discard='its part size does not fit the current source')
+        acknowledged, checksums = entry['parts'], entry.get('checksums', {})
+        fitting = [part for part in parts if parts_fit([part], self.obj.size, part_size)]
+        kept = {part.number: dataclasses.replace(part, checksum=part.checksum or checksums.get(part.number, ''))
+                for part in fitting if acknowledged.get(part.number) == clean_etag(part.etag)}
+        return Reuse(part_size, kept, [part for part in fitting if part.number not in kept], acknowledged=True)
+
+
 class MultipartCopy:
     """One multipart upload: find what the destination holds, prove it, send the rest, complete, verify."""
 
@@ -3753,56 +3804,24 @@ class MultipartCopy:
             if error_code(error) == 'NoSuchUpload':
                 return None   # finished or aborted since it was listed
             raise
-        entry = self.engine.journal.get(self.bucket, self.key, upload.upload_id)
-        trusted = entry is not None and entry['identity'] == self.obj.identity
-        if trusted and 'parts' in entry and not self.config.ifVerifyMD5:
-            return self._acknowledged(upload.upload_id, entry, parts)
-        candidates = ([entry['part_size']] if entry else []) + \
-                     ([max(p.size for p in parts)] if parts else []) + [planned]
-        part_size = next((size for size in candidates if parts_fit(parts, self.obj.size, size)), None)
-        if part_size is None:
-            self._discard(upload.upload_id, 'its parts do not fit the current source (size or part size differ)')
+        journal = self.engine.journal
+        reuse = PartReuse(self.obj, planned, self.config.ifVerifyMD5, self.source.reads_locally)
+        decision = reuse.decide(parts, journal.get(self.bucket, self.key, upload.upload_id))
+        if decision.discard:
+            self._discard(upload.upload_id, decision.discard)
             return None
-        by_number = {part.number: part for part in parts}
-        if trusted and not self.config.ifVerifyMD5:
-            return upload.upload_id, part_size, by_number
-        if not trusted and not self.source.reads_locally and not self.config.ifVerifyMD5:
-            self._discard(upload.upload_id, 'no journal entry proves its parts come from this source version '
-                                            '(set ifVerifyMD5 = True to check them by re-reading)')
-            return None
-        kept = self._proven(parts, part_size)
-        if len(kept) < len(by_number):
-            logger.info('%s: %d of %d uploaded parts differ from the source and will be sent again',
-                        self.key, len(by_number) - len(kept), len(by_number))
-        if not trusted:
-            self.engine.journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, part_size)
-            for number, part in kept.items():        # proven by re-reading: as good as acknowledged
-                self.engine.journal.part_done(upload.upload_id, number, part.etag, part.checksum)
-        return upload.upload_id, part_size, kept
-
-    def _acknowledged(self, upload_id: str, entry: Dict[str, Any], parts: List[Part]
-                      ) -> Optional[Tuple[str, int, Dict[int, Part]]]:
-        """Parts of an upload we started: keep those the store acknowledged to us with the ETag it lists
-        now; any other (cut off by a kill, or changed since) is sent again."""
-        part_size = entry['part_size']
-        if not parts_fit([], self.obj.size, part_size):
-            self._discard(upload_id, 'its part size does not fit the current source')
-            return None
-        acknowledged, checksums = entry['parts'], entry.get('checksums', {})
-        fitting = [part for part in parts if parts_fit([part], self.obj.size, part_size)]
-        kept = {part.number: dataclasses.replace(part, checksum=part.checksum or checksums.get(part.number, ''))
-                for part in fitting if acknowledged.get(part.number) == clean_etag(part.etag)}
-        unanswered = [part for part in fitting if part.number not in kept]
-        if unanswered:      # their last bytes reached the store, its answer never reached us: read them again
-            proven = self._proven(unanswered, part_size)
-            for number, part in proven.items():
-                self.engine.journal.part_done(upload_id, number, part.etag, part.checksum)
-            kept.update(proven)
+        proven = self._proven(decision.to_prove, decision.part_size)
+        if decision.ours:
+            journal.record(self.bucket, self.key, upload.upload_id, self.obj.identity, decision.part_size)
+        if decision.ours or decision.acknowledged:
+            for number, part in proven.items():       # proven by re-reading: as good as acknowledged
+                journal.part_done(upload.upload_id, number, part.etag, part.checksum)
+        kept = {**decision.kept, **proven}
         listed = {part.number for part in parts}        # SeaweedFS lists a part sent twice twice
         if len(kept) < len(listed):
-            logger.info('%s: %d listed part(s) were never acknowledged to us and differ from the source as it '
-                        'is now; sending them again', self.key, len(listed) - len(kept))
-        return upload_id, part_size, kept
+            logger.info('%s: %d of %d listed parts cannot be proven to hold the source as it is now; sending '
+                        'them again', self.key, len(listed) - len(kept), len(listed))
+        return upload.upload_id, decision.part_size, kept
 
     def _proven(self, parts: List[Part], part_size: int) -> Dict[int, Part]:
         """The listed parts whose bytes, read again from the source (in parallel), have the MD5 of their ETag;

@@ -742,3 +742,41 @@ def test_a_proof_compares_the_stores_crc64nvme_with_the_sources():
     assert proof.judge('', {'CRC64NVME': base64.b64encode(b'\0' * 8).decode()}) == 'crc64nvme'
     with pytest.raises(NotOurs):
         proof.judge('', {'CRC64NVME': base64.b64encode(b'\1' * 8).decode()})
+
+
+def reuse_case(size=12 * MiB, verify=False, rereads=False):
+    from s3_upload import PartReuse, SourceObject
+    obj = SourceObject('f.bin', size, '111', '/src/f.bin')
+    return PartReuse(obj, 5 * MiB, verify, rereads), obj
+
+
+def listed(*numbers, size=5 * MiB, etag=lambda n: f'{n:032x}'):
+    from s3_upload import Part
+    return [Part(n, size if n < 3 else 2 * MiB, f'"{etag(n)}"') for n in numbers]
+
+
+def test_parts_the_store_acknowledged_to_us_are_kept_and_the_others_proven_by_reading():
+    reuse, obj = reuse_case()
+    entry = {'identity': obj.identity, 'part_size': 5 * MiB, 'parts': {1: f'{1:032x}', 2: 'f' * 32}, 'checksums': {}}
+    decision = reuse.decide(listed(1, 2, 3), entry)
+    assert not decision.discard and decision.acknowledged and decision.part_size == 5 * MiB
+    assert list(decision.kept) == [1]                                   # 2 listed otherwise than acknowledged
+    assert [part.number for part in decision.to_prove] == [2, 3]       # 3 never acknowledged: read again
+
+
+def test_an_upload_of_another_source_version_is_proven_by_reading_or_discarded():
+    reuse, obj = reuse_case()
+    other = {'identity': obj.identity + 'x', 'part_size': 5 * MiB, 'parts': {1: f'{1:032x}'}}
+    assert 'no journal entry proves' in reuse.decide(listed(1, 2), other).discard       # an S3 source
+    local, _ = reuse_case(rereads=True)
+    decision = local.decide(listed(1, 2), None)                         # a local file: cheap to read again
+    assert decision.ours and not decision.kept and len(decision.to_prove) == 2
+    assert 'do not fit' in local.decide(listed(1, size=4 * MiB), None).discard           # no part size fits...
+    assert 'do not fit' in reuse_case(size=9 * MiB, rereads=True)[0].decide(listed(1, 2, 3), None).discard
+
+
+def test_if_verify_md5_every_kept_part_is_read_again():
+    reuse, obj = reuse_case(verify=True)
+    entry = {'identity': obj.identity, 'part_size': 5 * MiB, 'parts': {1: f'{1:032x}', 2: f'{2:032x}'}}
+    decision = reuse.decide(listed(1, 2), entry)
+    assert not decision.kept and len(decision.to_prove) == 2 and not decision.ours
