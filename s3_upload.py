@@ -3316,10 +3316,11 @@ MULTIPART_ETAG = re.compile(r'[0-9a-f]{32}-[0-9]+')
 class ObjectProof:
     """Decides what proves that a finished multipart object holds the parts sent, and what shows it does not:
     the store's checksum of it against the parts', the source's own CRC64NVME, the ETag rebuilt from the parts'
-    MD5s (only where the store showed its part ETags are MD5s: with SSE-KMS they are not)."""
+    MD5s. An ETag that differs contradicts only where the store is known to make ETags so (etags_known: AWS S3,
+    or a store that did so earlier in the run; GCS does not) and its part ETags are MD5s (not with SSE-KMS)."""
 
     def __init__(self, parts: List[PartDone], size: int, checksum: Optional[Checksum] = None, source_crc: str = '',
-                 end_to_end: str = '') -> None:
+                 end_to_end: str = '', etags_known: bool = True) -> None:
         self.size = size
         self.checksum = checksum
         self.pairs = [(part.checksum, part.size) for part in parts]
@@ -3327,7 +3328,7 @@ class ObjectProof:
         self.end_to_end = end_to_end        # the source's whole-object checksum matched the bytes read: its name
         known = all(part.md5 is not None for part in parts)
         self.expected_etag = multipart_etag([part.md5 for part in parts]) if known and parts else ''  # type: ignore[misc]
-        self.md5_etags = known and any(part.hashed for part in parts) and all(
+        self.md5_etags = etags_known and known and any(part.hashed for part in parts) and all(
             clean_etag(part.etag) == part.md5.hex() for part in parts)  # type: ignore[union-attr]
 
     def judge(self, etag: str, checksums: Dict[str, str], size: Optional[int] = None) -> str:
@@ -3901,7 +3902,7 @@ class MultipartCopy:
         self._fill_missing_checksums(parts)
         end_to_end = self._check_end_to_end(parts)
         return ObjectProof(parts, self.obj.size, self.destination.checksum, info.stamp.get('s3u-src-crc64nvme', ''),
-                           self.whole.name if end_to_end and self.whole else '')
+                           self.whole.name if end_to_end and self.whole else '', self.engine.multipart_etags_known)
 
     def _complete(self, upload_id: str, parts: List[PartDone], info: Info,
                   last_try: bool = False) -> Tuple[str, Dict[str, str], ObjectProof]:
@@ -3950,12 +3951,14 @@ class MultipartCopy:
         nothing better (e.g. SSE-KMS ETags, no checksums) is the size all that is checked."""
         self._abort_leftovers()
         how = proof.judge(etag, answered)
-        if how and (how == 'crc64nvme' or not proof.source_crc):
-            return how
-        head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
-        if head is None:
-            raise VerifyError('object missing at the destination after CompleteMultipartUpload')
-        return proof.judge(head.etag, head.checksums, head.size) or how or proof.end_to_end or 'size'
+        if not (how and (how == 'crc64nvme' or not proof.source_crc)):
+            head = self.retry(f'HeadObject {self.key}', self.destination.head, self.key)
+            if head is None:
+                raise VerifyError('object missing at the destination after CompleteMultipartUpload')
+            how = proof.judge(head.etag, head.checksums, head.size) or how or proof.end_to_end or 'size'
+        if proof.expected_etag and clean_etag(etag) == proof.expected_etag:
+            self.engine.multipart_etags_known = True     # this store makes its ETags of the parts' MD5s
+        return how
 
     def _abort_leftovers(self) -> None:
         """No unfinished upload stays behind for a key that is complete (in rounds: paging may be broken)."""
@@ -4104,6 +4107,7 @@ class Engine:
         self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile,
                                       round_trip=destination.round_trip) if config.Concurrency == 'auto' else None)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
+        self.multipart_etags_known = config.DesEndPointURL is None   # AWS S3: ETags of the parts' MD5s
 
     def halt(self, why: str) -> None:
         """Stop the whole run, said once: what failed would fail for every file (the work in hand stays resumable)."""

@@ -701,14 +701,14 @@ def test_small_s3_objects_go_from_lane_to_lane_not_a_thread_each(use_crt, seawee
     assert_small_ones_finished_without_a_worker(tool, objects, use_crt == 'auto')
 
 
-def proof_of(datas, checksum=True, etags=None, source_crc=''):
+def proof_of(datas, checksum=True, etags=None, source_crc='', etags_known=True):
     """An ObjectProof of parts holding these bytes, sent with CRC64NVME (or not) and MD5s hashed here."""
     import hashlib
     from s3_upload import Checksum, ObjectProof, PartDone
     crc = Checksum('CRC64NVME') if checksum else None
     parts = [PartDone(n, len(data), (etags or {}).get(n, hashlib.md5(data).hexdigest()), hashlib.md5(data).digest(),
                       crc.of(data) if crc else None, hashed=True) for n, data in enumerate(datas, 1)]
-    return ObjectProof(parts, sum(map(len, datas)), crc, source_crc), crc
+    return ObjectProof(parts, sum(map(len, datas)), crc, source_crc, etags_known=etags_known), crc
 
 
 def test_a_proof_accepts_what_fits_the_parts_and_refuses_what_contradicts_them():
@@ -780,3 +780,13 @@ def test_if_verify_md5_every_kept_part_is_read_again():
     entry = {'identity': obj.identity, 'part_size': 5 * MiB, 'parts': {1: f'{1:032x}', 2: f'{2:032x}'}}
     decision = reuse.decide(listed(1, 2), entry)
     assert not decision.kept and len(decision.to_prove) == 2 and not decision.ours
+
+
+def test_a_proof_does_not_take_an_unknown_etag_scheme_for_a_contradiction():
+    """GCS: parts get MD5 ETags, the object an ETag of another kind; until the store has shown S3's scheme, an
+    object ETag that is not the parts' MD5s proves nothing either way."""
+    from s3_upload import NotOurs
+    other = '"' + 'c' * 32 + '-2"'
+    assert proof_of([b'a' * 100, b'b' * 50], checksum=False, etags_known=False)[0].judge(other, {}, 150) == ''
+    with pytest.raises(NotOurs):
+        proof_of([b'a' * 100, b'b' * 50], checksum=False)[0].judge(other, {}, 150)
