@@ -5469,7 +5469,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def leave(code: int) -> None:
     """Exit with code. When only daemon threads are left, flush the logs and skip the interpreter's teardown
-    (botocore's models: ~0.1 s, felt by whoever runs the tool in a loop); with other threads, exit normally."""
+    (freeing botocore's models is felt by whoever runs the tool in a loop); with other threads, exit normally."""
     if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
            if thread is not threading.current_thread()):
         sys.exit(code)
