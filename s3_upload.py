@@ -1649,7 +1649,9 @@ class LocalSource(Source):
 
     def check(self) -> None:
         if not os.path.exists(self.root):
-            raise ConfigError(f'source folder not found: {self.root}: fix SrcDir')
+            quoted = os.path.basename(self.root)[-1:] in ('"', "'")
+            raise ConfigError(f'source folder not found: {self.root}: fix SrcDir' +
+                              (' (values are taken as written: leave out the quotes)' if quoted else ''))
         if not os.path.isdir(self.root):
             raise ConfigError(f'SrcDir {self.root} is a file, not a folder: set SrcDir to its folder '
                               'and SrcFileIndex to its name')

@@ -383,6 +383,7 @@ HOSTILE = {
     'unknown JobType': ({'JobType': 'FTP_TO_S3'}, {}, 2, 'JobType'),
     'access denied listing': ({'DesProfileName': 'seaweed_isolated'}, {}, 2, 'access denied listing'),
     'empty source folder': ({}, {}, 0, '0 transferred, 0 skipped, 0 failed of 0 files'),
+    'quoted SrcDir': ({'__quoted__': True}, {}, 2, 'leave out the quotes'),
     'symbolic link loop': ({'__loop__': True}, {'d/f': b'f'}, 0, 'symbolic link loop'),
 }
 
@@ -395,7 +396,7 @@ def test_hostile_input(case, seaweed, tool, tmp_path):
     if change.pop('__loop__', False):
         (src / 'd' / 'back').symlink_to(src)
     bucket = seaweed.bucket()
-    settings = dest_settings(seaweed, bucket, SrcDir=src)
+    settings = dest_settings(seaweed, bucket, SrcDir=f'"{src}"' if change.pop('__quoted__', False) else src)
     if change.pop('__config__', None):
         done = subprocess.run([sys.executable, str(TOOL), '--nogui', '--config', str(tmp_path)],
                               capture_output=True, text=True, timeout=60, env=tool.env)

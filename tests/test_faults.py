@@ -450,3 +450,23 @@ def test_a_put_whose_answer_is_garbled_is_proven_by_the_objects_etag(seaweed, pr
     run = tool.run(proxied(seaweed, proxy, bucket, SrcDir=src, ChecksumAlgorithm='none', UseCRT='never'))
     assert rule.hits == 1 and run.code == 0, run.stderr
     assert run.report['verified_by'] == {'etag': 1} and run.report['parts_uploaded'] == 1
+
+
+def test_an_upload_that_cannot_be_aborted_when_given_up_is_aborted_by_the_next_run(seaweed, proxy, tool, tmp_path):
+    src = write_tree(tmp_path / 'src', {'gone.bin': random_bytes(40 * MiB, 64), 'kept.txt': b'kept'})
+    bucket = seaweed.bucket()
+    settings = proxied(seaweed, proxy, bucket, SrcDir=src, **SMALL_PARTS, MaxThread=16, Concurrency='fixed',
+                       MaxRetry=1)
+    proxy.add('status', 'DELETE', r'/gone\.bin\?uploadId=', times=-1, status=500, code='InternalError')
+    process = tool.start({**settings, 'BandwidthLimit': 10})
+    assert wait_for_parts(seaweed, bucket, 'gone.bin', 1)
+    (src / 'gone.bin').unlink()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err.decode()
+    assert b'gone.bin: cannot abort its unfinished upload now' in err and b'the next run does' in err
+    assert len(unfinished_uploads(seaweed, bucket)) == 1
+    proxy.clear()
+    run = tool.run(settings)
+    assert run.code == 0, run.stderr
+    assert 'gone.bin: aborted the unfinished upload an earlier run left (given up on)' in run.stderr
+    assert unfinished_uploads(seaweed, bucket) == []
