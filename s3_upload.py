@@ -3191,6 +3191,18 @@ class InFlightWindow:
             self.resting_until = self.clock() + self.REST
 
 
+class Flow:
+    """The run's flow control in one object: room in memory, turns for files, the rate limit and (Concurrency =
+    auto) the in-flight window that moves the first two."""
+
+    def __init__(self, config: Config, stop: threading.Event, round_trip: Optional[float]) -> None:
+        self.limiter = RateLimiter(config.BandwidthLimit * MiB, stop)
+        self.memory = MemoryBudget(config.MemoryLimit * MiB, stop)
+        self.files = FileGate(config.MaxParallelFile, stop)
+        self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile,
+                                      round_trip=round_trip) if config.Concurrency == 'auto' else None)
+
+
 ###############################################################################
 # Engine ######################################################################
 ###############################################################################
@@ -3308,6 +3320,32 @@ class Switch:
             self.enabled = False
 
 
+class Shortcuts:
+    """What the run has learned about its stores: the shortcuts that work here (each a Switch, off for the rest of
+    the run at the first sign it cannot), and whether the destination makes S3's multipart ETags."""
+
+    def __init__(self, destination: Destination, server_side: bool, etags_known: bool) -> None:
+        self.destination = destination
+        self.server_side = Switch(server_side, 'server-side copy', 'streaming through this machine')
+        self.source_md5 = Switch(True, 'taking Content-MD5 from the source ETag', 'hashing the bytes here')
+        self.checksum_instead = Switch(destination.checksum_verified, 'letting the destination verify '
+                                       f'{destination.checksum and destination.checksum.algorithm} alone',
+                                       'sending Content-MD5 too')
+        self.multipart_etags_known = etags_known      # AWS S3, or shown earlier in the run: ETags of the parts' MD5s
+
+    def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
+        """After bytes went under a checksum alone (no Content-MD5): None if the store reported the checksum
+        back, else their MD5, which must be the ETag (and Content-MD5 goes along from now on)."""
+        algorithm = self.destination.checksum.algorithm if self.destination.checksum else 'checksum'
+        if checksum is not None and echo == b64(checksum):
+            return None
+        self.checksum_instead.disable(f'the store answered without confirming the {algorithm}')
+        md5 = md5_of(data)
+        if clean_etag(etag) != md5.hex():
+            raise RestartFile(f'the store confirmed neither the {algorithm} nor the MD5 of the data')
+        return md5
+
+
 class NotOurs(RestartFile):
     """The object at the destination contradicts the bytes sent (another writer, or a store that lost them)."""
 
@@ -3372,6 +3410,8 @@ class FileTransfer:
         self.config = engine.config
         self.retry = engine.retrier.call
         self.progress = engine.progress
+        self.flow = engine.flow
+        self.shortcuts = engine.shortcuts
 
     def run(self, sent: Optional[Sent] = None) -> Optional[str]:
         """Copy (or find unchanged) the object; return None when it is at the destination, else why not.
@@ -3424,24 +3464,24 @@ class FileTransfer:
     def _copy(self) -> str:
         obj = self.task.source
         small = obj.size == 0 or (obj.size <= self.config.threshold_bytes and obj.size <= MAX_PUT_SIZE)
-        if self.engine.server_side.enabled:
+        if self.shortcuts.server_side.enabled:
             try:
                 return self._copy_object() if small else MultipartCopy(self, server_side=True).run()
             except ServerSideUnavailable as why:
-                self.engine.server_side.disable(str(why))
+                self.shortcuts.server_side.disable(str(why))
                 self.progress.file_restarted(self.task.key)     # what was copied in the store is sent again
         return self._put() if small else MultipartCopy(self).run()
 
     def stamp(self, part_size: int) -> Dict[str, str]:
         """The x-amz-meta-s3u-* entries that identify the source version and how it was checked."""
         checksum = self.destination.checksum
-        alone = checksum is not None and self.engine.checksum_instead.enabled
+        alone = checksum is not None and self.shortcuts.checksum_instead.enabled
         how = ([] if alone else ['md5']) + ([checksum.algorithm.lower()] if checksum else [])
         return {**self.source.stamp(self.task.source), 's3u-etag-part-size': str(part_size),
                 's3u-checksum': '+'.join(how)}
 
     def _put(self) -> str:
-        with self.engine.memory.hold(self.engine.memory.whole_file(self.task.source.size)):
+        with self.flow.memory.hold(self.flow.memory.whole_file(self.task.source.size)):
             put = self.prepare_put()
             etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put)
             return self.stored(put, etag, echo)
@@ -3449,7 +3489,7 @@ class FileTransfer:
     def prepare_put(self) -> SmallPut:
         """Read the whole file and make what its PutObject sends (waits for the bandwidth limit)."""
         put = self.put_of(*self.retry(f'read {self.task.key}', self.source.fetch, self.task.source))
-        self.engine.limiter.take(len(put.data))
+        self.flow.limiter.take(len(put.data))
         return put
 
     def put_of(self, data: bytes, info: Info) -> SmallPut:
@@ -3457,9 +3497,9 @@ class FileTransfer:
         destination = self.destination
         if info.whole and info.whole.compute(data) != info.whole.expected:
             raise RestartFile(f'data read does not match the source\'s {info.whole.name}')
-        vouched = info.md5 if self.engine.source_md5.enabled else None
+        vouched = info.md5 if self.shortcuts.source_md5.enabled else None
         checksum = destination.checksum.of(data) if destination.checksum else None
-        by_checksum = vouched is None and checksum is not None and self.engine.checksum_instead.enabled
+        by_checksum = vouched is None and checksum is not None and self.shortcuts.checksum_instead.enabled
         md5 = vouched or (None if by_checksum else md5_of(data))
         return SmallPut(data, info, md5, vouched is not None, checksum, destination.object_args(info, self.stamp(0)))
 
@@ -3481,7 +3521,7 @@ class FileTransfer:
         RestartFile if it shows they are not)."""
         md5, info = put.md5, put.info
         if md5 is None:
-            md5 = self.engine.unconfirmed_md5(put.checksum, echo, put.data, etag)
+            md5 = self.shortcuts.unconfirmed_md5(put.checksum, echo, put.data, etag)
             if md5 is None:
                 return info.whole.name if info.whole else self.destination.checksum.algorithm.lower()
         if info.whole:
@@ -3526,7 +3566,7 @@ class FileTransfer:
         """Raises RestartFile if the store refused bytes under the source's MD5 that are not what the source
         stated (and from now on they are hashed here)."""
         if put.vouched and error_code(error) in ('BadDigest', 'InvalidDigest') and md5_of(put.data) != put.md5:
-            self.engine.source_md5.disable('the destination refused bytes under the source\'s MD5')
+            self.shortcuts.source_md5.disable('the destination refused bytes under the source\'s MD5')
             raise RestartFile('data read does not match the source\'s ETag') from None
 
     def _copy_object(self) -> str:
@@ -3669,6 +3709,8 @@ class MultipartCopy:
         self.config = transfer.config
         self.bucket = self.destination.bucket
         self.server_side = server_side
+        self.flow = transfer.flow
+        self.shortcuts = transfer.shortcuts
         self.whole: Optional[WholeChecksum] = None
         self.discarded: set = set()        # upload ids aborted already
 
@@ -3837,7 +3879,7 @@ class MultipartCopy:
         offset, length = part_range(part.number, self.obj.size, part_size)
         if expected is None or length != part.size:
             return None
-        with self.engine.memory.hold(length):
+        with self.flow.memory.hold(length):
             data = self._read(part.number, offset, length)
             if md5_of(data) != expected:
                 return None
@@ -3848,20 +3890,20 @@ class MultipartCopy:
         return self.retry(f'read {self.key} #{number}', self.source.read, self.obj, offset, length)
 
     def _send_part(self, upload_id: str, part_size: int, number: int) -> PartDone:
-        with self.engine.memory.hold(part_size):
+        with self.flow.memory.hold(part_size):
             return self._send_part_in_memory(upload_id, part_size, number)
 
     def _send_part_in_memory(self, upload_id: str, part_size: int, number: int) -> PartDone:
         offset, length = part_range(number, self.obj.size, part_size)
         data = self._read(number, offset, length)
         checksum = self.destination.checksum.of(data) if self.destination.checksum else None
-        md5 = None if checksum is not None and self.engine.checksum_instead.enabled else md5_of(data)
+        md5 = None if checksum is not None and self.shortcuts.checksum_instead.enabled else md5_of(data)
         crc = self.whole.compute(data) if self.whole else None
-        self.engine.limiter.take(length)
+        self.flow.limiter.take(length)
         etag, echo = self.retry(f'UploadPart {self.key} #{number}', self.destination.upload_part,
                                 self.key, upload_id, number, data, md5, checksum)
         if md5 is None:
-            md5 = self.engine.unconfirmed_md5(checksum, echo, data, etag)
+            md5 = self.shortcuts.unconfirmed_md5(checksum, echo, data, etag)
         self.progress.add(bytes_transferred=length, parts_uploaded=1)
         self.progress.file_advanced(self.key, length)
         return PartDone(number, length, etag, md5, checksum, crc, hashed=md5 is not None)
@@ -3904,7 +3946,7 @@ class MultipartCopy:
         self._fill_missing_checksums(parts)
         end_to_end = self._check_end_to_end(parts)
         return ObjectProof(parts, self.obj.size, self.destination.checksum, info.stamp.get('s3u-src-crc64nvme', ''),
-                           self.whole.name if end_to_end and self.whole else '', self.engine.multipart_etags_known)
+                           self.whole.name if end_to_end and self.whole else '', self.shortcuts.multipart_etags_known)
 
     def _complete(self, upload_id: str, parts: List[PartDone], info: Info,
                   last_try: bool = False) -> Tuple[str, Dict[str, str], ObjectProof]:
@@ -3959,7 +4001,7 @@ class MultipartCopy:
                 raise VerifyError('object missing at the destination after CompleteMultipartUpload')
             how = proof.judge(head.etag, head.checksums, head.size) or how or proof.end_to_end or 'size'
         if proof.expected_etag and clean_etag(etag) == proof.expected_etag:
-            self.engine.multipart_etags_known = True     # this store makes its ETags of the parts' MD5s
+            self.shortcuts.multipart_etags_known = True     # this store makes its ETags of the parts' MD5s
         return how
 
     def _abort_leftovers(self) -> None:
@@ -3980,6 +4022,7 @@ class QuickPuts:
 
     def __init__(self, engine: 'Engine', hand_over: Callable[[Task, Optional[Sent], bool], None]) -> None:
         self.engine = engine
+        self.flow = engine.flow
         self.hand_over = hand_over
         self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
         self.reads_locally = engine.source.reads_locally
@@ -3990,18 +4033,18 @@ class QuickPuts:
     def possible(engine: 'Engine') -> bool:
         """A destination lane, and a source that reads locally or without a thread (no bandwidth limit: its
         wait would stall the source lane's thread)."""
-        reads_async = type(engine.source).fetch_async is not Source.fetch_async and engine.limiter.rate <= 0
+        reads_async = type(engine.source).fetch_async is not Source.fetch_async and engine.flow.limiter.rate <= 0
         return engine.destination.lane is not None and (engine.source.reads_locally or reads_async)
 
     def send(self, task: Task) -> bool:
         """Start the file's PutObject (or the GET before it); False (nothing started) when a worker has to
         copy it."""
         engine, obj = self.engine, task.source
-        if (task.action != 'send' or obj.size > self.largest or engine.server_side.enabled
+        if (task.action != 'send' or obj.size > self.largest or engine.shortcuts.server_side.enabled
                 or engine.destination.indexed_uploads(task.key)):
             return False
         transfer = FileTransfer(engine, task)
-        room = engine.memory.take(obj.size)
+        room = engine.flow.memory.take(obj.size)
         engine.progress.file_started(task.key, obj.size)
         with self.idle:
             self.in_flight += 1
@@ -4058,7 +4101,7 @@ class QuickPuts:
             return
         transfer.count(put)
         transfer.finished(how)
-        self._ended(task.key, room, then=self.engine.files.release)
+        self._ended(task.key, room, then=self.flow.files.release)
 
     def _to_worker(self, task: Task, room: int, what: str, failure: Optional[BaseException] = None,
                    sent: Optional[Sent] = None) -> None:
@@ -4074,7 +4117,7 @@ class QuickPuts:
         self._ended(task.key, room, then=lambda: self.hand_over(task, sent, after_failure))
 
     def _ended(self, key: str, room: int, then: Optional[Callable[[], None]] = None) -> None:
-        self.engine.memory.give(room)
+        self.flow.memory.give(room)
         self.engine.progress.file_ended(key)
         if then:
             then()
@@ -4098,18 +4141,9 @@ class Engine:
         self.stop = retrier.stop
         self.progress = progress or Progress()
         self.filters = filters
-        self.server_side = Switch(server_side, 'server-side copy', 'streaming through this machine')
-        self.source_md5 = Switch(True, 'taking Content-MD5 from the source ETag', 'hashing the bytes here')
-        self.checksum_instead = Switch(destination.checksum_verified, 'letting the destination verify '
-                                       f'{destination.checksum and destination.checksum.algorithm} alone',
-                                       'sending Content-MD5 too')
-        self.limiter = RateLimiter(config.BandwidthLimit * MiB, self.stop)
-        self.memory = MemoryBudget(config.MemoryLimit * MiB, self.stop)
-        self.files = FileGate(config.MaxParallelFile, self.stop)
-        self.window = (InFlightWindow(self.memory, config.MemoryLimit * MiB, self.files, config.MaxParallelFile,
-                                      round_trip=destination.round_trip) if config.Concurrency == 'auto' else None)
+        self.shortcuts = Shortcuts(destination, server_side, etags_known=config.DesEndPointURL is None)
+        self.flow = Flow(config, self.stop, destination.round_trip)
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
-        self.multipart_etags_known = config.DesEndPointURL is None   # AWS S3: ETags of the parts' MD5s
 
     def halt(self, why: str) -> None:
         """Stop the whole run, said once: what failed would fail for every file (the work in hand stays resumable)."""
@@ -4119,17 +4153,6 @@ class Engine:
             logger.error('stopping: %s', why)
         self.stop.set()
 
-    def unconfirmed_md5(self, checksum: Optional[bytes], echo: str, data: bytes, etag: str) -> Optional[bytes]:
-        """After bytes went under a checksum alone (no Content-MD5): None if the store reported the checksum
-        back, else their MD5, which must be the ETag (and Content-MD5 goes along from now on)."""
-        algorithm = self.destination.checksum.algorithm if self.destination.checksum else 'checksum'
-        if checksum is not None and echo == b64(checksum):
-            return None
-        self.checksum_instead.disable(f'the store answered without confirming the {algorithm}')
-        md5 = md5_of(data)
-        if clean_etag(etag) != md5.hex():
-            raise RestartFile(f'the store confirmed neither the {algorithm} nor the MD5 of the data')
-        return md5
 
     def tasks(self) -> Iterator[Task]:
         return plan(self.source.objects(), self.destination, self.filters, self.source.match_name,
@@ -4139,13 +4162,13 @@ class Engine:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
         quick = QuickPuts(self, lambda *handed: self._hand_over(files, *handed)) if QuickPuts.possible(self) else None
         finished = threading.Event()
-        if self.window:
-            threading.Thread(target=self._tune, args=(self.window, finished), name='window', daemon=True).start()
+        if self.flow.window:
+            threading.Thread(target=self._tune, args=(self.flow.window, finished), name='window', daemon=True).start()
         try:
             for task in self.tasks():
                 if not self._count(task):
                     continue
-                self.files.acquire()
+                self.flow.files.acquire()
                 if not (quick and quick.send(task)):
                     self._hand_over(files, task, None)
             self.progress.listing_done = True
@@ -4168,7 +4191,7 @@ class Engine:
                    after_failure: bool = False) -> None:
         """A worker copies the file (or proves the PutObject of it already sent), then frees its turn;
         after_failure: a try of it just failed, so the worker waits the retrier's first backoff."""
-        files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.files.release())
+        files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.flow.files.release())
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
@@ -4738,7 +4761,7 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
         logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %s%d files x %d parts in flight%s)', __version__,
                     config.JobType, source.describe(), destination.describe(), config.ChunkSize,
-                    'up to ' if engine.window else '', config.MaxParallelFile, config.MaxThread,
+                    'up to ' if engine.flow.window else '', config.MaxParallelFile, config.MaxThread,
                     ', server-side copy' if server_side else '')
         gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
         if dry_run:
