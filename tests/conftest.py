@@ -38,6 +38,7 @@ ISOLATED_BUCKET = 'isolated-dest'      # the only bucket the 'seaweed_isolated' 
 MOTO_KEY, MOTO_SECRET = 'MOTOACCESSKEY0000004', 'moto/secret/key/00000000000000000000004'
 RCLONE_KEY, RCLONE_SECRET = 'RCLONEACCESSKEY00005', 'rclone/secret/key/0000000000000000000005'
 SESSION_TOKEN = 'FwoGZXIvYXdzEXAMPLESESSIONTOKEN0000000000000000000000000000000000000008'
+MiB = 1024 * 1024
 # Parts of 5 MiB, and every file above 5 MiB a multipart upload: multipart runs with small files.
 SMALL_PARTS = {'ChunkSize': 5, 'ResumableThreshold': 5}
 
@@ -206,6 +207,15 @@ def rclone(workspace) -> Iterator[S3Server]:
     server = start_rclone(workspace / 'rclone')
     yield server
     server.stop()
+
+
+@pytest.fixture
+def proxy(seaweed) -> Iterator[object]:
+    """A fault-injecting proxy (tests/fault_proxy.py) in front of SeaweedFS; its rules are the test's own."""
+    from fault_proxy import FaultProxy
+    fault_proxy = FaultProxy(seaweed.endpoint)
+    yield fault_proxy
+    fault_proxy.stop()
 
 
 @pytest.fixture(params=['seaweedfs', 'moto', 'rclone'])

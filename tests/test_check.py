@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from conftest import SMALL_PARTS, dest_settings, random_bytes, s3_to_s3, write_tree
+from conftest import MiB, SMALL_PARTS, dest_settings, random_bytes, s3_to_s3, write_tree
 
-MiB = 1024 * 1024
 
 
 def verdicts(run) -> dict:

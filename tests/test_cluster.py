@@ -19,11 +19,10 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 
-from conftest import CLUSTER, SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, bucket_contents, random_bytes, wait_for_parts
+from conftest import MiB, CLUSTER, SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, bucket_contents, random_bytes, wait_for_parts
 from s3_upload import Config
 from s3_upload_cluster import BadMessage, jobs_from_message
 
-MiB = 1024 * 1024
 
 
 class Stack:

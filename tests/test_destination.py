@@ -7,9 +7,8 @@ import datetime
 
 import pytest
 
-from conftest import SMALL_PARTS, bucket_contents, dest_settings, random_bytes, s3_to_s3, write_tree
+from conftest import MiB, SMALL_PARTS, bucket_contents, dest_settings, random_bytes, s3_to_s3, write_tree
 
-MiB = 1024 * 1024
 
 
 def test_local_files_get_a_guessed_content_type_and_identity_stamps(seaweed, tool, tmp_path):

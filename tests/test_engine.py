@@ -6,10 +6,9 @@ import signal
 
 import pytest
 
-from conftest import (SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes,
+from conftest import (MiB, SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, md5, parts_of, random_bytes,
                       s3_to_s3, unfinished_uploads, wait_for_parts, write_tree)
 
-MiB = 1024 * 1024
 
 
 def test_folder_upload_is_byte_identical_and_rerun_skips(any_server, tool, tmp_path):

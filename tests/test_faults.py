@@ -10,18 +10,10 @@ import time
 
 import pytest
 
-from conftest import (SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, random_bytes, s3_to_s3,
+from conftest import (MiB, SMALL_PARTS, bucket_contents, dest_settings, leftover_upload, random_bytes, s3_to_s3,
                       unfinished_uploads, wait_for_parts, write_tree)
 from fault_proxy import FaultProxy
 
-MiB = 1024 * 1024
-
-
-@pytest.fixture
-def proxy(seaweed):
-    fault_proxy = FaultProxy(seaweed.endpoint)
-    yield fault_proxy
-    fault_proxy.stop()
 
 
 def proxied(server, proxy, bucket, **more):

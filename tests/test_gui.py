@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from conftest import TOOL, bucket_contents, parts_of, random_bytes, wait_for_parts, write_tree
+from conftest import MiB, TOOL, bucket_contents, parts_of, random_bytes, wait_for_parts, write_tree
 from s3_upload import read_settings
 
-MiB = 1024 * 1024
 
 
 @pytest.fixture(scope='session')

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import OSS_KEY, OSS_SECRET, SMALL_PARTS, bucket_contents, random_bytes, unfinished_uploads
+from conftest import MiB, OSS_KEY, OSS_SECRET, SMALL_PARTS, bucket_contents, random_bytes, unfinished_uploads
 from oss_server import CRC64_ECMA
 
-MiB = 1024 * 1024
 
 
 def test_server_crc_is_the_standard_crc64_ecma():

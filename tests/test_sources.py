@@ -7,11 +7,10 @@ import signal
 
 import pytest
 
-from conftest import (SMALL_PARTS, bucket_contents, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts,
+from conftest import (MiB, SMALL_PARTS, bucket_contents, random_bytes, s3_to_s3, unfinished_uploads, wait_for_parts,
                       write_tree)
 from s3_upload import LocalSource
 
-MiB = 1024 * 1024
 
 
 def test_local_walk_yields_keys_in_s3_order(tmp_path):
