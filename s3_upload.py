@@ -375,12 +375,16 @@ ENV_PREFIX = 'S3UPLOAD_'
 SECTIONS = tuple(dict.fromkeys(option.section for option in OPTIONS))
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+def _closest(word: str, candidates: Iterable[str]) -> str:
+    """The candidate word was most likely meant to be (case-insensitive), or ''."""
+    candidates = list(candidates)
     close = difflib.get_close_matches(word.lower(), [c.lower() for c in candidates], n=1, cutoff=0.6)
-    if not close:
-        return ''
-    original = next(c for c in candidates if c.lower() == close[0])
-    return f' (did you mean {original}?)'
+    return next(c for c in candidates if c.lower() == close[0]) if close else ''
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    meant = _closest(word, candidates)
+    return f' (did you mean {meant}?)' if meant else ''
 
 
 class Config:
@@ -595,10 +599,10 @@ def _read_ini(path: str) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
             if option:
                 raw[key.lower()] = _value(option, path, section, key, value, warnings)
                 continue
-            guess = _did_you_mean(key, names)
+            meant = _closest(key, names)
+            guess = f' (did you mean {meant}?)' if meant else ''
             warnings.append(f'{path}: unknown key {key} in [{section}] ignored{guess}')
-            if guess:
-                meant = guess[len(' (did you mean '):-len('?)')]
+            if meant:
                 strays.setdefault(meant.lower(), f'unknown key {key} in [{section}]{guess}')
     return raw, warnings, strays
 
@@ -1403,6 +1407,10 @@ def md5_of(data: bytes) -> bytes:
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode('ascii')
+
+
+MD5_ETAG = re.compile(r'[0-9a-f]{32}(-[0-9]+)?')       # S3's ETags: an MD5, or the MD5 of the parts' MD5s '-N'
+MULTIPART_ETAG = re.compile(r'[0-9a-f]{32}-[0-9]+')
 
 
 def clean_etag(etag: str) -> str:
@@ -2937,11 +2945,12 @@ class ResumeJournal:
     def abandon(self, bucket: str, key: str, upload_id: str) -> None:
         """An upload given up on that could not be aborted now: the next run into this bucket aborts it."""
         with self.lock:
-            entry = self.entries.setdefault(upload_id, {'op': 'open', 'bucket': bucket, 'key': key,
-                                                        'upload_id': upload_id, 'identity': '', 'part_size': 0,
-                                                        'time': time.time(), 'checksums': {}})
-            entry['abandoned'] = True
-        self._append({**entry, 'op': 'open'} if 'parts' not in entry else {'op': 'abandon', 'upload_id': upload_id})
+            known = upload_id in self.entries
+        if not known:
+            self.record(bucket, key, upload_id, '', 0)      # no identity: never trusted, only aborted
+        with self.lock:
+            self.entries[upload_id]['abandoned'] = True
+        self._append({'op': 'abandon', 'upload_id': upload_id})
 
     def left_behind(self, bucket: str, prefix: str, vanished: Callable[[str], bool]) -> List[Dict[str, Any]]:
         """Uploads into bucket/prefix this journal knows to be nobody's: given up on, or of a source file
@@ -2958,6 +2967,24 @@ class ResumeJournal:
             return os.stat(self.path).st_size != self.seen_size
         except OSError:
             return False
+
+
+def rebuilt_etag(read: Callable[[SourceObject, int, int], bytes], obj: SourceObject, etag: str, part_size: int,
+                 chunk: int = 8 * MiB) -> str:
+    """The ETag S3 gives obj's bytes when stored the way etag says: in one request (their MD5), or in parts of
+    part_size (the MD5 of the parts' MD5s, '-N'); '' when that part size cannot make etag's part count. Read
+    in chunks: a part may be gigabytes."""
+    def md5_of_range(offset: int, length: int) -> bytes:
+        digest = hashlib.md5()
+        for start in range(offset, offset + length, chunk):
+            digest.update(read(obj, start, min(chunk, offset + length - start)))
+        return digest.digest()
+    if '-' not in etag:
+        return md5_of_range(0, obj.size).hex()
+    count = part_count(obj.size, part_size) if part_size else 0
+    if count != int(etag.split('-')[1] or 0):
+        return ''
+    return multipart_etag([md5_of_range(*part_range(number, obj.size, part_size)) for number in range(1, count + 1)])
 
 
 ###############################################################################
@@ -3350,7 +3377,6 @@ class NotOurs(RestartFile):
     """The object at the destination contradicts the bytes sent (another writer, or a store that lost them)."""
 
 
-MULTIPART_ETAG = re.compile(r'[0-9a-f]{32}-[0-9]+')
 
 
 class ObjectProof:
@@ -3618,15 +3644,11 @@ class FileTransfer:
     def _same_local_content(self, head: Head) -> bool:
         """Hash the local file the way the destination's ETag was made and compare."""
         obj, etag = self.task.source, clean_etag(head.etag)
+        if not MD5_ETAG.fullmatch(etag):
+            return False
         stamped = head.metadata.get('s3u-etag-part-size', '')
         part_size = int(stamped) if stamped.isdigit() else part_size_for(obj.size, self.config.chunk_bytes)
-        if '-' not in etag:
-            return md5_of(self.source.read(obj, 0, obj.size)) == bytes.fromhex(etag) if len(etag) == 32 else False
-        if not part_size or part_count(obj.size, part_size) != int(etag.split('-')[1] or 0):
-            return False
-        digests = [md5_of(self.source.read(obj, *part_range(n, obj.size, part_size)))
-                   for n in range(1, part_count(obj.size, part_size) + 1)]
-        return multipart_etag(digests) == etag
+        return rebuilt_etag(self.source.read, obj, etag, part_size) == etag
 
 
 def _server_side_error(error: BaseException) -> BaseException:
@@ -4422,8 +4444,8 @@ class Comparison:
             ours = b64(whole.expected.to_bytes(8, 'big'))
         elif self.crc is not None:
             value = 0
-            for chunk in self._chunks(obj, 0, obj.size):
-                value = self.crc.crc64nvme(chunk, value)
+            for offset in range(0, obj.size, self.CHUNK):
+                value = self.crc.crc64nvme(self._read(obj, offset, min(self.CHUNK, obj.size - offset)), value)
             ours = b64(value.to_bytes(8, 'big'))
         else:
             return None
@@ -4437,24 +4459,16 @@ class Comparison:
             if info.md5 is not None and head.md5_etag and '-' not in etag:
                 return ('same' if info.md5.hex() == etag else 'different'), 'md5'
             return None
-        if not head.md5_etag or not re.fullmatch(r'[0-9a-f]{32}(-[0-9]+)?', etag):
+        if not head.md5_etag or not MD5_ETAG.fullmatch(etag):
             return None
-        if '-' not in etag:
-            digest = hashlib.md5()
-            for chunk in self._chunks(obj, 0, obj.size):
-                digest.update(chunk)
-            return ('same' if digest.hexdigest() == etag else 'different'), 'md5'
         stamped = head.metadata.get('s3u-etag-part-size', '')
         part_size = int(stamped) if stamped.isdigit() else part_size_for(obj.size, self.config.chunk_bytes)
-        if not part_size or part_count(obj.size, part_size) != int(etag.split('-')[1]):
+        computed = rebuilt_etag(self._read, obj, etag, part_size, self.CHUNK)
+        if '-' not in etag:
+            return ('same' if computed == etag else 'different'), 'md5'
+        if not computed:
             return None
-        digests = []
-        for number in range(1, part_count(obj.size, part_size) + 1):
-            digest = hashlib.md5()
-            for chunk in self._chunks(obj, *part_range(number, obj.size, part_size)):
-                digest.update(chunk)
-            digests.append(digest.digest())
-        if multipart_etag(digests) == etag:
+        if computed == etag:
             self.etags_known = True
             return 'same', 'etag'
         # Only a store known to make S3's ETags, and the part size stamped at upload, make a mismatch a proof.
@@ -4467,12 +4481,8 @@ class Comparison:
         same = all(head.metadata.get(name) == value for name, value in stamp.items())
         return ('same' if same else 'different'), 'stamp'
 
-    def _chunks(self, obj: SourceObject, offset: int, length: int) -> Iterator[bytes]:
-        end = offset + length
-        while offset < end:
-            size = min(self.CHUNK, end - offset)
-            yield self.retry(f'read {obj.key}', self.source.read, obj, offset, size)
-            offset += size
+    def _read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        return self.retry(f'read {obj.key}', self.source.read, obj, offset, length)
 
 
 ###############################################################################
