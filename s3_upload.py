@@ -4752,11 +4752,11 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
     filters = Filters.from_config(config, rules)
     source, destination, server_side = open_job(config, retrier, write_check=not dry_run and not check)
-    if check:
-        accepted()
-        return compare_job(config, source, destination, filters, retrier, progress or Progress())
     progress = progress or Progress()
     progress.source, progress.destination = source.describe(), destination.describe()
+    if check:
+        accepted()
+        return compare_job(config, source, destination, filters, retrier, progress)
     try:
         accepted()
         if ask and not dry_run:
@@ -4791,7 +4791,6 @@ def compare_job(config: Config, source: Source, destination: Destination, filter
                 progress: Progress) -> Report:
     """--check: every key of both sides judged and printed on stdout; the report holds each verdict too."""
     import tempfile
-    progress.source, progress.destination = source.describe(), destination.describe()
     keys = tempfile.TemporaryFile('w+', encoding='utf-8')
     tally = Comparison(config, source, destination, filters, retrier, sys.stdout).run(keys)
     progress.listing_done = True
