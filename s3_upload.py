@@ -350,7 +350,7 @@ OPTIONS: Tuple[Option, ...] = (
            'installed, with less CPU per file than botocore; never: botocore only'),
     Option('Advanced', 'VerifyTLS', 'True', _bool,
            'verify TLS certificates (False only for test endpoints; prints a warning)'),
-    Option('Cluster', 'SqsQueueUrl', '', _word, 'jobsender/worker/Lambda: URL of the SQS job queue'),
+    Option('Cluster', 'SqsQueueUrl', '', _word, 'jobsender/worker/Lambda: URL (or name) of the SQS job queue'),
     Option('Cluster', 'StatusTable', '', _word, 'DynamoDB table of per-object status (empty = none)'),
     Option('Cluster', 'ClusterProfileName', '', _text, 'AWS profile for SQS, DynamoDB and SSM (empty = default chain)'),
     Option('Cluster', 'ClusterRegion', '', _word, 'region of the queue, table and parameter (empty = the profile\'s)'),
@@ -369,6 +369,22 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Cluster', 'PollSeconds', '20', _int_range(1, 20, ' of seconds'), 'SQS long-poll wait'),
     Option('Cluster', 'StopBeforeTimeout', '60', _int_range(1, 900, ' of seconds'),
            'Lambda: no new part starts when less time than this is left'),
+    Option('Cluster', 'BucketPairs', '', _text,
+           'jobsender: JSON list of [{"src_bucket", "src_prefix", "des_bucket", "des_prefix"}, ...] to '
+           'compare (empty = SrcBucket/SrcPrefix to DesBucket/S3Prefix)'),
+    Option('Cluster', 'BucketPairsParameter', '', _word,
+           'SSM parameter holding BucketPairs, read at each jobsender run (the original ssm_parameter_bucket)'),
+    Option('Cluster', 'IgnoreListParameter', '', _word,
+           'SSM parameter of ignore-list patterns (one per line, as IgnoreListFile), used with the file\'s; '
+           'workers read it again when it changes'),
+    Option('Cluster', 'JobsenderCompareVersionId', 'False', _bool,
+           'jobsender lists source versions, queues each with its versionId, and queues an object again '
+           'when the version recorded for its copy differs'),
+    Option('Cluster', 'UpdateVersionId', 'False', _bool,
+           'a worker resolves the current versionId of a job that has none before copying, and records it'),
+    Option('Cluster', 'GetObjectWithVersionId', 'False', _bool,
+           'every read of a source object asks for the job\'s versionId (needs s3:GetObjectVersion), so '
+           'an overwritten object still arrives as the queued version'),
 )
 OPTIONS_BY_KEY: Dict[str, Option] = {option.name.lower(): option for option in OPTIONS}
 ENV_PREFIX = 'S3UPLOAD_'
@@ -385,6 +401,15 @@ def _closest(word: str, candidates: Iterable[str]) -> str:
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
     meant = _closest(word, candidates)
     return f' (did you mean {meant}?)' if meant else ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """Another tool's config read as ours: its extra sections (their keys count as ours), and its keys and values
+    (key lower-cased) translated into our settings: None = not one of its own, ConfigError = refused."""
+    sections: Tuple[str, ...] = ()
+    translate: Callable[[str, str], Optional[Dict[str, str]]] = lambda key, value: None
+    optional: Tuple[str, ...] = ()        # keys its reader does without (it checks them where it needs them)
 
 
 class Config:
@@ -449,13 +474,20 @@ class Config:
     VisibilityTimeout: int
     PollSeconds: int
     StopBeforeTimeout: int
+    BucketPairs: str
+    BucketPairsParameter: str
+    IgnoreListParameter: str
+    JobsenderCompareVersionId: bool
+    UpdateVersionId: bool
+    GetObjectWithVersionId: bool
 
     def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = (),
-                 strays: Optional[Dict[str, str]] = None) -> None:
+                 strays: Optional[Dict[str, str]] = None, optional: Tuple[str, ...] = ()) -> None:
         self.path = path
         self.warnings = list(warnings)
         self.raw = dict(raw)
         self.strays = strays or {}      # key name (lower case) -> the misspelt key or section that may have meant it
+        self.optional = optional
         for option in OPTIONS:
             text = raw.get(option.name.lower(), option.default)
             value = None
@@ -481,7 +513,7 @@ class Config:
         else:
             needed.append('ali_SrcBucket')
         for name in needed:
-            if not getattr(self, name):
+            if not getattr(self, name) and name not in self.optional:
                 option = OPTIONS_BY_KEY[name.lower()]
                 stray = self.strays.get(name.lower())
                 if stray:
@@ -496,10 +528,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str, overrides: Optional[Dict[str, str]] = None,
-             environ: Optional[Dict[str, str]] = None) -> 'Config':
-        """Read an ini file (keys case-insensitive, sections optional), then S3UPLOAD_<Key> variables
-        of environ, then KEY=VALUE overrides."""
-        raw, warnings, strays = _read_ini(path)
+             environ: Optional[Dict[str, str]] = None, dialect: Optional[Dialect] = None) -> 'Config':
+        """Read an ini file (keys case-insensitive, sections optional; also in dialect's spelling), then
+        S3UPLOAD_<Key> variables of environ, then KEY=VALUE overrides."""
+        raw, warnings, strays = _read_ini(path, dialect or Dialect())
         for name, value in (environ or {}).items():
             if name.upper().startswith(ENV_PREFIX):
                 key = name[len(ENV_PREFIX):]
@@ -513,7 +545,12 @@ class Config:
                 raise ConfigError(f'--set {key}: unknown key' + _did_you_mean(key, [o.name for o in OPTIONS])
                                   + '; see --help for the keys')
             raw[key.lower()] = value
-        return cls(raw, path, warnings, strays)
+        return cls(raw, path, warnings, strays, dialect.optional if dialect else ())
+
+    def replace(self, **settings: Any) -> 'Config':
+        """This config with some keys set otherwise."""
+        return Config({**self.raw, **{key.lower(): str(value) for key, value in settings.items()}}, self.path,
+                      optional=self.optional)
 
     @classmethod
     def from_settings(cls, settings: Dict[str, Any]) -> 'Config':
@@ -535,7 +572,7 @@ class Config:
 
 def read_settings(path: str) -> Tuple[Dict[str, str], List[str]]:
     """The raw key -> value settings of an ini file (keys lower-cased), and warnings about unknown ones."""
-    raw, warnings, _ = _read_ini(path)
+    raw, warnings, _ = _read_ini(path, Dialect())
     return raw, warnings
 
 
@@ -557,7 +594,7 @@ def _value(option: Option, path: str, section: str, key: str, value: str, warnin
     return value
 
 
-def _read_ini(path: str) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
+def _read_ini(path: str, dialect: Dialect) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
     """raw settings (keys lower-cased), warnings, and what a missing key may have been misspelt as."""
     try:
         with open(path, 'rb') as handle:
@@ -582,7 +619,7 @@ def _read_ini(path: str) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
     raw: Dict[str, str] = {}
     warnings: List[str] = []
     strays: Dict[str, str] = {}
-    known_sections = {s.lower() for s in SECTIONS}
+    known_sections = {s.lower() for s in SECTIONS + dialect.sections}
     names = [o.name for o in OPTIONS]
     for section in parser.sections():
         if section.lower() not in known_sections:
@@ -595,6 +632,10 @@ def _read_ini(path: str) -> Tuple[Dict[str, str], List[str], Dict[str, str]]:
                     strays[key.lower()] = f'{key} is in section [{section}], which is not one of ours{guess}'
             continue
         for key, value in parser.items(section):
+            translated = dialect.translate(key.lower(), value.strip())
+            if translated is not None:
+                raw.update(translated)
+                continue
             option = OPTIONS_BY_KEY.get(key.lower())
             if option:
                 raw[key.lower()] = _value(option, path, section, key, value, warnings)
@@ -1545,6 +1586,7 @@ class SourceObject:
     version: str        # differs whenever the content may differ: mtime_ns of a file, ETag of an object
     location: str       # absolute path or full source key
     problem: str = ''   # why it cannot be copied; then only key and location are meaningful
+    version_id: str = ''  # an S3 versionId every read asks for, or '' (the current version)
 
     @property
     def identity(self) -> str:
@@ -1812,6 +1854,7 @@ class S3Source(Source):
         self.retry = retry
         self.extra = {'RequestPayer': 'requester'} if requester_pays else {}
         self.tags = tags
+        self.resolve_versions = False     # current() answers the versionId of the current version
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}{self.single}'
@@ -1853,13 +1896,14 @@ class S3Source(Source):
             if response is None:
                 response = self.client.get_object(Bucket=self.bucket, Key=obj.location, **params)
         except Exception as error:  # noqa: BLE001 - sorted into changed / gone / transient
-            raise self._translate(error) from None
+            raise self._translate(error, obj) from None
         self._check_pin(obj, response)
         return response
 
     def _pinned(self, obj: SourceObject, **args: Any) -> Dict[str, Any]:
-        """A request's parameters for this object, pinned to its listed ETag."""
-        return {**({'IfMatch': obj.version} if obj.version else {}), **self.extra, **args}
+        """A request's parameters for this object, pinned to its listed ETag (and its versionId, if it has one)."""
+        return {**({'IfMatch': obj.version} if obj.version else {}),
+                **({'VersionId': obj.version_id} if obj.version_id else {}), **self.extra, **args}
 
     @staticmethod
     def _check_pin(obj: SourceObject, response: Dict[str, Any]) -> None:
@@ -1867,12 +1911,16 @@ class S3Source(Source):
             raise SourceChanged('source object was overwritten during the copy')   # If-Match ignored
 
     @staticmethod
-    def _translate(error: BaseException) -> BaseException:
+    def _translate(error: BaseException, obj: SourceObject) -> BaseException:
         code = error_code(error)
         if code in ('PreconditionFailed', '412'):
             return SourceChanged('source object was overwritten during the copy')
-        if code in ('NoSuchKey', '404', 'NotFound'):
-            return SourceGone('source object was deleted')
+        if code in ('NoSuchKey', '404', 'NotFound', 'NoSuchVersion'):
+            return SourceGone(f'source object version {obj.version_id} was deleted' if obj.version_id
+                              else 'source object was deleted')
+        if code in ('AccessDenied', '403') and obj.version_id:
+            return SourceGone('access denied reading a version of the source object: grant s3:GetObjectVersion '
+                              'or set GetObjectWithVersionId = False')
         if code in ('AccessDenied', '403'):
             return SourceGone('access denied reading the source object')
         if code == 'InvalidObjectState':
@@ -1913,7 +1961,7 @@ class S3Source(Source):
             head = self.client.head_object(Bucket=self.bucket, Key=obj.location,
                                            **self._pinned(obj, ChecksumMode='ENABLED'))
         except Exception as error:  # noqa: BLE001
-            raise self._translate(error) from None
+            raise self._translate(error, obj) from None
         return self._info(head, obj.location)
 
     def fetch(self, obj: SourceObject) -> Tuple[bytes, Info]:
@@ -1937,7 +1985,7 @@ class S3Source(Source):
         def answered(response: Optional[Dict[str, Any]], error: Optional[BaseException]) -> None:
             try:
                 if response is None:
-                    raise self._translate(error or IOError('GetObject: no answer'))
+                    raise self._translate(error or IOError('GetObject: no answer'), obj)
                 self._check_pin(obj, response)
                 fetched = self._body_and_info(obj, response)
             except Exception as failure:  # noqa: BLE001 - to the caller, as fetch() would raise it
@@ -1948,13 +1996,18 @@ class S3Source(Source):
                               answered)
 
     def current(self, obj: SourceObject) -> SourceObject:
+        """The object as it is now (the version obj.version_id, if set); with its versionId if it asked for
+        one or resolve_versions is set."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=obj.location, **self.extra)
+            head = self.client.head_object(Bucket=self.bucket, Key=obj.location, **self.extra,
+                                           **({'VersionId': obj.version_id} if obj.version_id else {}))
         except Exception as error:  # noqa: BLE001
-            if error_code(error) in ('404', 'NoSuchKey', 'NotFound'):
-                raise SourceGone('source object was deleted') from None
+            if error_code(error) in ('404', 'NoSuchKey', 'NotFound', 'NoSuchVersion') or obj.version_id:
+                raise self._translate(error, obj) from None
             raise
-        return self._describe(obj.location, head['ContentLength'], head.get('ETag', ''))
+        found = self._describe(obj.location, head['ContentLength'], head.get('ETag', ''))
+        answered = '' if head.get('VersionId') in (None, 'null') else head['VersionId']
+        return dataclasses.replace(found, version_id=answered if obj.version_id or self.resolve_versions else '')
 
     def changed(self, obj: SourceObject) -> bool:
         """Never observable after a successful copy: every read was pinned to the listed ETag."""
@@ -1969,7 +2022,7 @@ class S3Source(Source):
 
     def copy_source(self, obj: SourceObject) -> Dict[str, str]:
         """Where CopyObject / UploadPartCopy read this object from (server-side copy)."""
-        return {'Bucket': self.bucket, 'Key': obj.location}
+        return {'Bucket': self.bucket, 'Key': obj.location, **({'VersionId': obj.version_id} if obj.version_id else {})}
 
 
 class OssSource(Source):
@@ -2719,13 +2772,18 @@ class Filters:
         if config.IgnoreListFile:
             try:
                 with open(config.IgnoreListFile, encoding='utf-8-sig') as handle:
-                    patterns = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith('#')]
+                    patterns = cls.patterns_in(handle.read())
             except OSError as error:
                 raise ConfigError(f'cannot read IgnoreListFile {config.IgnoreListFile}: {error.strerror}: fix '
                                   'the path or leave it empty') from None
             except UnicodeDecodeError:
                 raise ConfigError(f'IgnoreListFile {config.IgnoreListFile} is not UTF-8 text: save it as UTF-8') from None
         return cls(patterns, rules)
+
+    @staticmethod
+    def patterns_in(text: str) -> List[str]:
+        """The patterns of an ignore list: one per line; blank lines and # comments skipped."""
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith('#')]
 
     def excluded(self, key: str, name: str) -> str:
         """Why this object is left out ('' when it is selected)."""
@@ -2794,9 +2852,10 @@ class DestinationIndex:
 
 
 def plan(source_objects: Iterable[SourceObject], destination: Destination, filters: Optional[Filters] = None,
-         match_name: Callable[[SourceObject], str] = lambda obj: obj.location, compare: str = 'size') -> Iterator[Task]:
+         match_name: Callable[[SourceObject], str] = lambda obj: obj.location, compare: str = 'size',
+         index: Optional[DestinationIndex] = None) -> Iterator[Task]:
     """Decide, object by object as the listing streams, what to send and what is already there."""
-    index = DestinationIndex(destination)
+    index = index or DestinationIndex(destination)
     for obj in source_objects:
         key = destination.key_for(obj.key)
         excluded = filters.excluded(obj.key, match_name(obj)) if filters else ''

@@ -23,18 +23,19 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from s3_upload import (EXIT_FAILED, EXIT_OK, Config, ConfigError, Destination, Engine, FileTransfer, Filters,
-                       Progress, Report, ResumeJournal, Retrier, S3Source, SecretFilter, SourceGone, SourceObject,
-                       Stopped, Task, WriteOptions, __version__, check_bucket, client_for, default_config_path,
-                       describe_error, error_code, fail_input, human_bytes, install_signal_handlers, leave,
-                       list_objects, logger, parse_overrides, part_workers, plan, server_side_possible,
-                       setup_logging)
+from s3_upload import (EXIT_FAILED, EXIT_OK, Config, ConfigError, Destination, DestinationIndex, Dialect, Engine,
+                       FileTransfer, Filters, Progress, Report, ResumeJournal, Retrier, S3Source, SecretFilter,
+                       SourceGone, SourceObject, Stopped, Task, WriteOptions, __version__, check_bucket, client_for,
+                       default_config_path, describe_error, error_code, fail_input, human_bytes,
+                       install_signal_handlers, leave, list_objects, logger, parse_overrides, part_workers, plan,
+                       server_side_possible, setup_logging)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,60 @@ def jobs_from_message(body: str, config: Config) -> List[Job]:
     return jobs
 
 
+# The original cluster ini and serverless Lambda environment, read as ours (the seeds' names and meanings).
+ORIGINAL_KEYS: Dict[str, Tuple[str, ...]] = {
+    'table_queue_name': ('StatusTable', 'SqsQueueUrl'),      # one name for the queue and the table
+    'sqs_queue_name': ('SqsQueueUrl',),
+    'ssm_parameter_bucket': ('BucketPairsParameter',),
+    'ssm_parameter_credentials': ('CredentialsParameter',),
+    'des_bucket_default': ('DesBucket',),
+    'des_prefix_default': ('S3Prefix',),
+    'des_region': ('DesRegion',),
+    'ifverifymd5twice': ('ifVerifyMD5',),
+}
+ORIGINAL_ENVIRONMENT = ('Des_bucket_default', 'Des_prefix_default', 'Des_region', 'StorageClass', 'table_queue_name',
+                        'sqs_queue_name', 'ssm_parameter_bucket', 'ssm_parameter_credentials', 'JobType', 'MaxRetry',
+                        'MaxThread', 'MaxParallelFile', 'JobTimeout', 'JobsenderCompareVersionId', 'UpdateVersionId',
+                        'GetObjectWithVersionId')
+
+
+def original_setting(key: str, value: str) -> Optional[Dict[str, str]]:
+    """Our settings for one key (lower case) of the original cluster ini or Lambda environment; None when the
+    key is not one of theirs; ConfigError for the one meaning the fleet does not offer."""
+    if key in ORIGINAL_KEYS:
+        return {name.lower(): value for name in ORIGINAL_KEYS[key]}
+    if key == 'jobtype' and value.upper() in ('PUT', 'GET'):
+        # PUT: this machine is not in the destination's account (the parameter holds its keys); GET: the source's
+        return {'jobtype': 'S3_TO_S3', 'credentialsfor': 'Des' if value.upper() == 'PUT' else 'Src'}
+    if key in ('localprofilemode', 'checkip_url'):
+        return {}     # a profile or the instance role: the default credential chain tries both; no IP lookup
+    if key == 'cleanunfinishedupload':
+        if value.lower() in ('true', 'yes', 'on', '1'):
+            raise ConfigError('CleanUnfinishedUpload = True is not offered: workers resume unfinished uploads and abort '
+                              'the ones they give up; to abort them all, run s3_upload.py --nogui with '
+                              'DontAskMeToClean = False')
+        return {}
+    return None
+
+
+ORIGINAL = Dialect(sections=('Mode', 'Debug'), translate=original_setting, optional=('SrcBucket',))
+
+
+def original_environment(environ: Dict[str, str]) -> Dict[str, str]:
+    """Settings from the serverless seed's Lambda environment variables (their exact names)."""
+    settings: Dict[str, str] = {}
+    for name in ORIGINAL_ENVIRONMENT:
+        if name in environ:
+            translated = original_setting(name.lower(), environ[name])
+            settings.update(translated if translated is not None else {name.lower(): environ[name]})
+    return settings
+
+
+def load_config(path: str, overrides: Dict[str, str], environ: Dict[str, str]) -> Config:
+    """The fleet's config: ours or the original cluster ini; S3UPLOAD_<Key> variables; then overrides."""
+    return Config.load(path, overrides, environ, ORIGINAL)
+
+
 def _service_client(config: Config, service: str, endpoint: Optional[str]) -> Any:
     """An SQS / DynamoDB / SSM client of the cluster's profile and region."""
     import botocore.config
@@ -165,21 +220,23 @@ class StatusTable:
     source version, owner, lease, last error. Conditional writes: a worker runs a job only once its
     claim succeeds, and a claim succeeds only when nobody else holds a live lease on that object."""
 
-    KEY = 'object'
-    NAMES = {'#o': 'object', '#s': 'state', '#w': 'worker', '#l': 'lease_until', '#v': 'source_version',
+    NAMES = {'#s': 'state', '#w': 'worker', '#l': 'lease_until', '#v': 'source_version', '#vid': 'version_id',
              '#a': 'attempts', '#b': 'bytes', '#z': 'size', '#src': 'source', '#e': 'last_error', '#u': 'updated',
-             '#q': 'queued_at', '#st': 'started_at', '#f': 'finished_at'}
+             '#q': 'queued_at', '#st': 'started_at', '#f': 'finished_at', '#after': 'after'}
+    OWN_PREFIXES = ('upload#', 'jobsender#')      # items that are not objects: uploads, listing cursors
 
     def __init__(self, client: Any, name: str, owner: str, lease_seconds: int) -> None:
         self.client = client
         self.name = name
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self.key = 'object'       # the table's partition key (the original tool's tables name it otherwise)
 
     def check(self, create: bool = False) -> None:
-        """The table exists (jobsender creates it, on-demand, when it does not)."""
+        """The table exists (jobsender creates it, on-demand, when it does not); its partition key is used."""
         try:
-            self.client.describe_table(TableName=self.name)
+            schema = self.client.describe_table(TableName=self.name)['Table']['KeySchema']
+            self.key = next(part['AttributeName'] for part in schema if part['KeyType'] == 'HASH')
             return
         except Exception as error:  # noqa: BLE001 - sorted below
             if error_code(error) != 'ResourceNotFoundException':
@@ -188,15 +245,16 @@ class StatusTable:
                 raise ConfigError(f'status table {self.name} does not exist: create it (deploy/) or run jobsender, '
                                   'which creates it') from None
         self.client.create_table(TableName=self.name, BillingMode='PAY_PER_REQUEST',
-                                 KeySchema=[{'AttributeName': self.KEY, 'KeyType': 'HASH'}],
-                                 AttributeDefinitions=[{'AttributeName': self.KEY, 'AttributeType': 'S'}])
+                                 KeySchema=[{'AttributeName': self.key, 'KeyType': 'HASH'}],
+                                 AttributeDefinitions=[{'AttributeName': self.key, 'AttributeType': 'S'}])
         self.client.get_waiter('table_exists').wait(TableName=self.name)
         logger.info('created status table %s', self.name)
 
     def _update(self, name: str, expression: str, condition: Optional[str], values: Dict[str, Any]) -> bool:
-        used = {alias: real for alias, real in self.NAMES.items()
-                if alias in expression or (condition and alias in condition)}
-        args: Dict[str, Any] = dict(TableName=self.name, Key={self.KEY: {'S': name}}, UpdateExpression=expression,
+        names = {'#o': self.key, **self.NAMES}
+        used = {alias: real for alias, real in names.items()
+                if re.search(re.escape(alias) + r'\b', expression + ' ' + (condition or ''))}
+        args: Dict[str, Any] = dict(TableName=self.name, Key={self.key: {'S': name}}, UpdateExpression=expression,
                                     ExpressionAttributeNames=used)
         if values:
             args['ExpressionAttributeValues'] = {k: _attribute(v) for k, v in values.items()}
@@ -211,7 +269,7 @@ class StatusTable:
             raise
 
     def get(self, name: str) -> Optional[Dict[str, Any]]:
-        item = self.client.get_item(TableName=self.name, Key={self.KEY: {'S': name}}, ConsistentRead=True).get('Item')
+        item = self.client.get_item(TableName=self.name, Key={self.key: {'S': name}}, ConsistentRead=True).get('Item')
         return _plain(item) if item else None
 
     def mark_queued(self, job: Job, version: str, stale_before: float) -> bool:
@@ -225,17 +283,17 @@ class StatusTable:
             {':queued': 'queued', ':failed': 'failed', ':done': 'done', ':running': 'running', ':now': now,
              ':stale': stale_before, ':src': f's3://{job.src_bucket}/{job.src_key}', ':v': version, ':size': job.size})
 
-    def claim(self, job: Job, version: str, size: int) -> Tuple[str, float]:
+    def claim(self, job: Job, version: str, size: int, version_id: str = '') -> Tuple[str, float]:
         """('claimed', 0), ('done', 0) when this source version is already copied, or ('busy', seconds
-        until the other owner's lease ends)."""
+        until the other owner's lease ends). The S3 versionId being copied is recorded."""
         now = time.time()
         if self._update(
                 job.name, 'SET #s = :running, #w = :me, #l = :lease, #st = :now, #u = :now, #src = :src, #v = :v, '
-                          '#z = :size ADD #a :one',
+                          '#vid = :vid, #z = :size ADD #a :one',
                 'attribute_not_exists(#o) OR #s IN (:queued, :failed) OR #l < :now OR (#s = :done AND #v <> :v)',
                 {':running': 'running', ':queued': 'queued', ':failed': 'failed', ':done': 'done', ':me': self.owner,
                  ':lease': now + self.lease_seconds, ':now': now, ':src': f's3://{job.src_bucket}/{job.src_key}',
-                 ':v': version, ':size': size, ':one': 1}):
+                 ':v': version, ':vid': version_id, ':size': size, ':one': 1}):
             return 'claimed', 0.0
         item = self.get(job.name) or {}
         if item.get('state') == 'done':
@@ -271,12 +329,24 @@ class StatusTable:
                      {':queued': 'queued', ':why': why, ':now': time.time(), ':me': self.owner, ':running': 'running'})
 
     def items(self) -> Iterator[Dict[str, Any]]:
-        """Every object's status (the upload records of TableJournal left out)."""
+        """Every object's status (the records of uploads and listing cursors left out)."""
         for page in self.client.get_paginator('scan').paginate(TableName=self.name):
             for item in page.get('Items', []):
                 plain = _plain(item)
-                if not str(plain.get(self.KEY, '')).startswith(TableJournal.PREFIX):
+                if not str(plain.get(self.key, '')).startswith(self.OWN_PREFIXES):
                     yield plain
+
+    def note(self, name: str, value: Optional[str]) -> None:
+        """Keep (or, None, drop) a small record of our own under one of OWN_PREFIXES."""
+        if value is None:
+            self.client.delete_item(TableName=self.name, Key={self.key: {'S': name}})
+        else:
+            self.client.put_item(TableName=self.name, Item={self.key: {'S': name}, 'after': {'S': value},
+                                                            'updated': _attribute(time.time())})
+
+    def noted(self, name: str) -> str:
+        item = self.get(name)
+        return str(item.get('after', '')) if item else ''
 
 
 class TableJournal:
@@ -289,7 +359,7 @@ class TableJournal:
 
     def record(self, bucket: str, key: str, upload_id: str, identity: str, part_size: int) -> None:
         item = {'bucket': bucket, 'key': key, 'upload_id': upload_id, 'identity': identity, 'part_size': part_size,
-                'time': time.time(), StatusTable.KEY: self.PREFIX + upload_id}
+                'time': time.time(), self.table.key: self.PREFIX + upload_id}
         self.table.client.put_item(TableName=self.table.name, Item={k: _attribute(v) for k, v in item.items()})
 
     def get(self, bucket: str, key: str, upload_id: str) -> Optional[Dict[str, Any]]:
@@ -303,7 +373,7 @@ class TableJournal:
         """Parts are not recorded in the table (a write per part); resume keeps every listed part that fits."""
 
     def forget(self, upload_id: str) -> None:
-        self.table.client.delete_item(TableName=self.table.name, Key={StatusTable.KEY: {'S': self.PREFIX + upload_id}})
+        self.table.client.delete_item(TableName=self.table.name, Key={self.table.key: {'S': self.PREFIX + upload_id}})
 
 
 class JobQueue:
@@ -359,28 +429,67 @@ class JobQueue:
             raise IOError(f'could not queue {len(pending)} jobs after {self.config.MaxRetry} retries')
 
 
-class Cluster:
-    """The services of cluster mode named in [Cluster]: the queue, the status table, and the keys of
-    the other side from SSM."""
+def queue_url_of(arn: str, endpoint: Optional[str]) -> str:
+    """The URL of the queue an SQS ARN names (arn:PARTITION:sqs:REGION:ACCOUNT:NAME), without a request."""
+    try:
+        _, partition, _, region, account, name = arn.split(':', 5)
+    except ValueError:
+        raise BadMessage(f'eventSourceARN {arn!r} is not an SQS queue ARN') from None
+    host = f'https://sqs.{region}.amazonaws.com' + ('.cn' if partition == 'aws-cn' else '')
+    return f'{endpoint or host}/{account}/{name}'
 
-    def __init__(self, config: Config, need_queue: bool = True) -> None:
+
+class Cluster:
+    """The services of cluster mode named in [Cluster]: the queue, the status table, SSM parameters (the
+    keys of the other side, bucket pairs, the ignore list)."""
+
+    def __init__(self, config: Config, need_queue: bool = True, keys: Optional[Tuple[str, str]] = None) -> None:
         import socket
         self.config = config
+        self.clients: Dict[str, Any] = {}
         if need_queue and not config.SqsQueueUrl:
             raise ConfigError('[Cluster] SqsQueueUrl is empty: set the URL of the job queue')
-        self.queue = (JobQueue(_service_client(config, 'sqs', config.SqsEndpointURL), config.SqsQueueUrl, config)
-                      if config.SqsQueueUrl else None)
+        self.queue = self.queue_at(self._queue_url(config.SqsQueueUrl)) if config.SqsQueueUrl else None
         self.status = None
         if config.StatusTable:
             owner = f'{socket.gethostname()}:{os.getpid()}:{random.randrange(1 << 30):x}'
             # A lease ends a second before its message can be received again (the heartbeat renews the
             # lease after hiding the message): the next worker to receive it finds the object free, not busy.
-            self.status = StatusTable(_service_client(config, 'dynamodb', config.DynamoDBEndpointURL),
-                                      config.StatusTable, owner, config.VisibilityTimeout - 1)
+            self.status = StatusTable(self.service('dynamodb'), config.StatusTable, owner, config.VisibilityTimeout - 1)
         self.credentials, self.credentials_region = None, ''
-        if config.CredentialsParameter:
-            self.credentials, self.credentials_region = parameter_credentials(
-                _service_client(config, 'ssm', config.SsmEndpointURL), config.CredentialsParameter)
+        if keys:          # the serverless seed's aws_access_key_id / aws_secret_access_key
+            import botocore.credentials
+            SecretFilter.add(*keys)
+            self.credentials = botocore.credentials.Credentials(*keys)
+        elif config.CredentialsParameter:
+            self.credentials, self.credentials_region = parameter_credentials(self.service('ssm'),
+                                                                              config.CredentialsParameter)
+
+    def service(self, name: str) -> Any:
+        """The client of one AWS service of the cluster (sqs, dynamodb, ssm), made once."""
+        if name not in self.clients:
+            endpoint = {'sqs': self.config.SqsEndpointURL, 'dynamodb': self.config.DynamoDBEndpointURL,
+                        'ssm': self.config.SsmEndpointURL}[name]
+            self.clients[name] = _service_client(self.config, name, endpoint)
+        return self.clients[name]
+
+    def _queue_url(self, url_or_name: str) -> str:
+        if url_or_name.startswith(('https://', 'http://')):
+            return url_or_name
+        try:
+            return self.service('sqs').get_queue_url(QueueName=url_or_name)['QueueUrl']
+        except Exception as error:  # noqa: BLE001 - one line for the user
+            raise _cluster_error(f'cannot find SQS queue {url_or_name!r} (SqsQueueUrl)', error) from None
+
+    def queue_at(self, url: str) -> 'JobQueue':
+        return JobQueue(self.service('sqs'), url, self.config)
+
+    def parameter(self, name: str, what: str) -> str:
+        """The value of an SSM parameter (decrypted); ConfigError naming the setting when it cannot be read."""
+        try:
+            return self.service('ssm').get_parameter(Name=name, WithDecryption=True)['Parameter']['Value']
+        except Exception as error:  # noqa: BLE001 - one line for the user
+            raise _cluster_error(f'cannot read SSM parameter {name} ({what})', error) from None
 
     def check(self, create_table: bool = False) -> None:
         if self.queue is not None:
@@ -467,13 +576,51 @@ class Heartbeat:
                     logger.warning('heartbeat failed: %s', describe_error(error))
 
 
+class JobFilter:
+    """The ignore list (IgnoreListFile, and IgnoreListParameter read again each minute) applied to each job's
+    bucket/key, as jobsender applies it to a listing: S3-event jobs are filtered too."""
+
+    REFRESH_SECONDS = 60.0
+
+    def __init__(self, config: Config, cluster: Cluster) -> None:
+        self.from_file = Filters.from_config(config).ignore
+        self.cluster = cluster
+        self.parameter = config.IgnoreListParameter
+        self.from_parameter: List[str] = []
+        self.read_at = -self.REFRESH_SECONDS
+        self.lock = threading.Lock()
+        if self.parameter:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        with self.lock:
+            if time.monotonic() - self.read_at < self.REFRESH_SECONDS:
+                return
+            try:
+                patterns = Filters.patterns_in(self.cluster.parameter(self.parameter, 'IgnoreListParameter'))
+            except ConfigError as error:
+                if self.read_at < 0:
+                    raise
+                logger.warning('%s: keeping the ignore list read before', error)
+                patterns = self.from_parameter
+            if patterns != self.from_parameter and self.read_at >= 0:
+                logger.info('ignore list %s changed: %d patterns', self.parameter, len(patterns))
+            self.from_parameter, self.read_at = patterns, time.monotonic()
+
+    def excluded(self, job: Job) -> str:
+        """Why this job is left out ('' when it is copied)."""
+        if self.parameter:
+            self._refresh()
+        return Filters(self.from_file + self.from_parameter).excluded(job.src_key, f'{job.src_bucket}/{job.src_key}')
+
+
 class Worker:
     """Copies the jobs of queue messages through one Engine per bucket pair, MaxParallelFile at once;
     a message is deleted only when every job in it is complete and verified."""
 
     def __init__(self, config: Config, cluster: Cluster, stop: threading.Event) -> None:
         if config.CompareMode == 'size':     # a same-size object counts as done only if it is this source
-            config = Config({**config.raw, 'comparemode': 'identity'}, config.path)
+            config = config.replace(CompareMode='identity')
         self.config = config
         self.cluster = cluster
         self.stop = stop
@@ -483,6 +630,7 @@ class Worker:
         self.engines: Dict[Tuple[str, str], Engine] = {}
         self.clients: Dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.job_filter = JobFilter(config, cluster)
         self.heartbeat = Heartbeat(config, cluster, stop, self.progress)
 
     def engine(self, job: Job) -> Engine:
@@ -495,6 +643,7 @@ class Worker:
                         self.clients[side] = self.cluster.s3(side, pool)
                 source = S3Source(self.clients['Src'], job.src_bucket, '', '*', config.ListPageSize, self.retrier,
                                   config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
+                source.resolve_versions = config.UpdateVersionId
                 destination = Destination(self.clients['Des'], job.des_bucket, '', WriteOptions.from_config(config),
                                           config.ListPageSize, self.retrier)
                 server_side = (not config.CredentialsParameter and
@@ -506,9 +655,10 @@ class Worker:
     def copy(self, job: Job, lease: Lease) -> str:
         """Claim and copy one object: 'done', 'busy' (another worker owns it), 'stopped' or 'failed'."""
         engine, status = self.engine(job), self.cluster.status
+        wanted = job.version_id if self.config.GetObjectWithVersionId else ''
         try:
             obj = self.retrier.call(f'HeadObject (source) {job.src_key}', engine.source.current,
-                                    SourceObject(job.src_key, 0, '', job.src_key))
+                                    SourceObject(job.src_key, 0, '', job.src_key, version_id=wanted))
         except Stopped:
             return 'stopped'
         except Exception as error:  # noqa: BLE001 - reported, the message comes back later
@@ -520,8 +670,11 @@ class Worker:
             if status is not None:
                 status.unreadable(job, message)
             return 'failed'
+        version_id = obj.version_id or job.version_id      # as asked for, resolved (UpdateVersionId) or queued
+        if not self.config.GetObjectWithVersionId:
+            obj = dataclasses.replace(obj, version_id='')    # reads take the current version (pinned to its ETag)
         if status is not None:
-            claim, wait_seconds = status.claim(job, obj.version, obj.size)
+            claim, wait_seconds = status.claim(job, obj.version, obj.size, version_id)
             if claim == 'done':
                 logger.info('skip %s: already done', job.name)
                 return 'done'
@@ -556,6 +709,11 @@ class Worker:
             if lease.cancel.is_set():
                 outcomes.add('stopped')
                 break
+            excluded = self.job_filter.excluded(job)
+            if excluded:
+                logger.info('skip %s: %s', job.name, excluded)
+                self.progress.add(files_excluded=1)
+                continue
             outcomes.add(self.copy(job, lease))
         return next((o for o in ('failed', 'stopped', 'busy') if o in outcomes), 'done')
 
@@ -578,15 +736,20 @@ class Worker:
                 outcome = 'failed'
             if outcome == 'done':
                 queue.delete(receipt)
-            elif outcome == 'stopped':
-                queue.hide(receipt, 0)
-            elif outcome == 'busy':
-                queue.hide(receipt, min(self.config.VisibilityTimeout, lease.retry_after + 1))
             else:
                 received = int(message.get('Attributes', {}).get('ApproximateReceiveCount', '1'))
-                queue.hide(receipt, min(self.config.VisibilityTimeout, 5 * 2 ** received))
+                queue.hide(receipt, self.visible_again_in(outcome, lease, received))
         finally:
             self.heartbeat.end(lease)
+
+    def visible_again_in(self, outcome: str, lease: Lease, received: int) -> int:
+        """Seconds until a message not done is received again: at once when stopped, after the other owner's
+        lease when busy, with backoff (by its receive count) when failed."""
+        if outcome == 'stopped':
+            return 0
+        if outcome == 'busy':
+            return int(min(self.config.VisibilityTimeout, lease.retry_after + 1))
+        return min(self.config.VisibilityTimeout, 5 * 2 ** received)
 
     def run(self, once: bool = False) -> None:
         """Long-poll and run jobs until stopped (or, once=True, until the queue is empty everywhere)."""
@@ -667,68 +830,367 @@ class TopLevelDestination(Destination):
                 yield item['Key'][len(self.prefix):], item['Size'], item.get('ETag', '')
 
 
-def send_jobs(config: Config, cluster: Cluster, dry_run: bool = False, out: Any = None) -> Dict[str, int]:
-    """Jobsender: one message per object the destination lacks (as the CLI would send it), folders
-    listed in parallel; objects already queued or running per the status table are not sent again."""
-    if config.JobType != 'S3_TO_S3':
-        raise ConfigError('jobsender needs JobType = S3_TO_S3 (the workers read the source from S3)')
-    retrier = Retrier(config.MaxRetry, threading.Event())
-    source_client, destination_client = cluster.s3('Src', 16), cluster.s3('Des', 16)
-    check_bucket(source_client, config.SrcBucket, config.SrcPrefix, 'source')
-    check_bucket(destination_client, config.DesBucket, config.S3Prefix, 'destination')
-    filters = Filters.from_config(config)
-    stale_before = 0.0
-    if cluster.queue is not None:
-        retention = int(cluster.queue.attributes().get('MessageRetentionPeriod', '345600'))
-        stale_before = time.time() - retention     # a message queued earlier than this is gone
-    counts = dict.fromkeys(('listed', 'queued', 'at_destination', 'already_queued', 'excluded', 'failed'), 0)
-    lock = threading.Lock()
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A source bucket/prefix and the destination bucket/prefix its objects are copied to."""
+    src_bucket: str
+    src_prefix: str
+    des_bucket: str
+    des_prefix: str
 
-    def count(name: str, amount: int = 1) -> None:
-        with lock:
-            counts[name] += amount
+    def __str__(self) -> str:
+        return f's3://{self.src_bucket}/{self.src_prefix} -> s3://{self.des_bucket}/{self.des_prefix}'
 
-    def plan_folder(source: S3Source, destination: Destination) -> None:
-        batch: List[Job] = []
+    def applied(self, config: Config) -> Config:
+        """The config of a job that copies this pair."""
+        return config.replace(SrcBucket=self.src_bucket, SrcPrefix=self.src_prefix, DesBucket=self.des_bucket,
+                              S3Prefix=self.des_prefix)
 
-        def flush() -> None:
+
+def bucket_pairs(config: Config, cluster: Cluster) -> List[Pair]:
+    """What jobsender compares: BucketPairs (or the SSM parameter BucketPairsParameter names), else the one pair
+    SrcBucket/SrcPrefix -> DesBucket/S3Prefix."""
+    text, where = config.BucketPairs, 'BucketPairs'
+    if config.BucketPairsParameter:
+        text = cluster.parameter(config.BucketPairsParameter, 'BucketPairsParameter')
+        where = f'SSM parameter {config.BucketPairsParameter} (BucketPairsParameter)'
+    if not text.strip():
+        if not config.SrcBucket:
+            raise ConfigError('jobsender needs SrcBucket, BucketPairs or BucketPairsParameter: set one')
+        return [Pair(config.SrcBucket, config.SrcPrefix, config.DesBucket, config.S3Prefix)]
+    try:
+        pairs = [Pair(str(pair['src_bucket']), str(pair.get('src_prefix') or ''), str(pair['des_bucket']),
+                      str(pair.get('des_prefix') or '')) for pair in json.loads(text)]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f'{where} must be a JSON list of {{"src_bucket", "src_prefix", "des_bucket", "des_prefix"}} '
+                          f'({type(error).__name__}: {error}): fix it') from None
+    if not pairs:
+        raise ConfigError(f'{where} lists no bucket pair: add one')
+    return pairs
+
+
+class ListingCursor:
+    """Where a jobsender run that ran out of time stopped listing each pair (the last source key handled), so
+    the next run goes on from there: in the status table, else in a file in LogDir."""
+
+    def __init__(self, config: Config, status: Optional[StatusTable]) -> None:
+        self.status = status
+        self.path = os.path.join(config.LogDir, 's3_upload-jobsender-cursor.json')
+
+    def get(self, pair: Pair) -> str:
+        if self.status is not None:
+            return self.status.noted(f'jobsender#{pair}')
+        try:
+            with open(self.path, encoding='utf-8') as handle:
+                return str(json.load(handle).get(str(pair), ''))
+        except (OSError, ValueError):
+            return ''
+
+    def put(self, pair: Pair, after: Optional[str]) -> None:
+        """Remember where the listing of pair stopped; None: it finished (the next run starts over)."""
+        if self.status is not None:
+            self.status.note(f'jobsender#{pair}', after)
+            return
+        try:
+            with open(self.path, encoding='utf-8') as handle:
+                cursors = json.load(handle)
+        except (OSError, ValueError):
+            cursors = {}
+        cursors.pop(str(pair), None)
+        if after is not None:
+            cursors[str(pair)] = after
+        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+        with open(self.path + '.tmp', 'w', encoding='utf-8') as handle:
+            json.dump(cursors, handle)
+        os.replace(self.path + '.tmp', self.path)
+
+
+class ListedSource(S3Source):
+    """The source objects after one key (where the last run stopped); with versions=True, the current version
+    of each (ListObjectVersions) with its versionId."""
+
+    after = ''
+    versions = False
+
+    def objects(self) -> Iterator[SourceObject]:
+        if self.versions:
+            yield from self._current_versions()
+            return
+        extra = {**self.extra, **({'StartAfter': self.after} if self.after else {})}
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, extra):
+            yield self._describe(item['Key'], item['Size'], item.get('ETag', ''))
+
+    def _current_versions(self) -> Iterator[SourceObject]:
+        args: Dict[str, Any] = {'Bucket': self.bucket, 'Prefix': self.prefix, 'MaxKeys': self.page_size, **self.extra}
+        if self.after:
+            args['KeyMarker'] = self.after
+        while True:
+            assert self.retry is not None
+            page = self.retry.call(f'ListObjectVersions {self.bucket}/{self.prefix}', self.client.list_object_versions,
+                                   **args)
+            for item in page.get('Versions', []):
+                if item.get('IsLatest'):
+                    version_id = '' if item.get('VersionId') in (None, 'null') else item['VersionId']
+                    yield dataclasses.replace(self._describe(item['Key'], item['Size'], item.get('ETag', '')),
+                                              version_id=version_id)
+            if not page.get('IsTruncated') or not page.get('NextKeyMarker'):
+                return
+            args.update(KeyMarker=page['NextKeyMarker'], VersionIdMarker=page.get('NextVersionIdMarker', ''))
+
+
+class ListedDestination(Destination):
+    """The destination objects after one relative key (where the source listing resumes)."""
+
+    after = ''
+
+    def objects(self) -> Iterator[Tuple[str, int, str]]:
+        extra = {**self.payer, **({'StartAfter': self.prefix + self.after} if self.after else {})}
+        for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, extra):
+            yield item['Key'][len(self.prefix):], item['Size'], item.get('ETag', '')
+
+
+class InventoryIndex(DestinationIndex):
+    """DestinationIndex for an inventory: a key out of the inventory's order is asked of the destination by
+    HEAD instead of indexing the whole destination in memory."""
+
+    def lookup(self, key: str) -> Optional[Tuple[int, str]]:
+        if key < self.last_asked:
+            head = self.destination.head(self.destination.key_for(key))
+            return (head.size, head.etag) if head is not None else None
+        return super().lookup(key)
+
+
+class InventoryReport:
+    """An S3 Inventory report in CSV, as AWS writes it: manifest.json names gzipped CSV files (fields as its
+    fileSchema says, keys URL-encoded) and the MD5 of each."""
+
+    def __init__(self, client: Any, url: str, retrier: Retrier) -> None:
+        if not url.startswith('s3://') or '/' not in url[5:]:
+            raise ConfigError(f'--inventory {url}: give the manifest as s3://BUCKET/PATH/manifest.json')
+        self.client, self.retrier, self.url = client, retrier, url
+        self.bucket, _, key = url[5:].partition('/')
+        try:
+            manifest = json.loads(self._body(key).read())
+            self.columns = [column.strip() for column in manifest['fileSchema'].split(',')]
+            self.files = [(str(item['key']), str(item['MD5checksum']).lower()) for item in manifest['files']]
+            self.source_bucket, file_format = str(manifest['sourceBucket']), manifest['fileFormat']
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f'{url} is not an S3 Inventory manifest ({type(error).__name__}: {error})') from None
+        if file_format != 'CSV':
+            raise ConfigError(f'{url}: the inventory is in {file_format}; only CSV inventories are read: '
+                              'configure the report with format CSV')
+        missing = {'Bucket', 'Key', 'Size'} - set(self.columns)
+        if missing:
+            raise ConfigError(f'{url}: the inventory has no {", ".join(sorted(missing))} field: add it to the '
+                              "report's optional fields")
+
+    def _body(self, key: str) -> Any:
+        try:
+            return self.retrier.call(f'GetObject s3://{self.bucket}/{key}', self.client.get_object,
+                                     Bucket=self.bucket, Key=key)['Body']
+        except Exception as error:  # noqa: BLE001 - one line for the user
+            raise ConfigError(f'cannot read s3://{self.bucket}/{key} of the inventory: {describe_error(error)}') from None
+
+    def check(self) -> None:
+        """Every file's MD5 against the manifest's, before anything is queued (read in chunks: memory stays flat)."""
+        import hashlib
+        for key, expected in self.files:
+            digest, body = hashlib.md5(), self._body(key)
+            for chunk in iter(lambda: body.read(1 << 20), b''):
+                digest.update(chunk)
+            if digest.hexdigest() != expected:
+                raise ConfigError(f'inventory file s3://{self.bucket}/{key} has MD5 {digest.hexdigest()}, its manifest '
+                                  f'says {expected}: the file is damaged or of another report; nothing was queued')
+
+    def objects(self, prefix: str) -> Iterator[SourceObject]:
+        """The current objects below prefix (delete markers and older versions left out), streamed."""
+        import csv
+        import gzip
+        import io
+        from urllib.parse import unquote_plus
+        base = prefix + '/' if prefix else ''
+        for key, _ in self.files:
+            with gzip.GzipFile(fileobj=self._body(key)) as unzipped:
+                for row in csv.reader(io.TextIOWrapper(unzipped, encoding='utf-8', newline='')):
+                    record = dict(zip(self.columns, row))
+                    if record.get('IsLatest', 'true').lower() == 'false' or \
+                            record.get('IsDeleteMarker', 'false').lower() == 'true' or record['Bucket'] != self.source_bucket:
+                        continue
+                    full_key = unquote_plus(record['Key'])
+                    if not full_key.startswith(base):
+                        continue
+                    etag, version_id = record.get('ETag', ''), record.get('VersionId', '')
+                    yield SourceObject(full_key[len(base):], int(record['Size'] or 0), f'"{etag}"' if etag else '',
+                                       full_key, version_id='' if version_id == 'null' else version_id)
+
+
+class JobSender:
+    """Jobsender: one message per object a destination lacks (as the CLI would copy it); objects already queued
+    or running per the status table are not sent again."""
+
+    COUNTS = ('listed', 'queued', 'at_destination', 'already_queued', 'excluded', 'failed', 'pairs_failed', 'unfinished')
+    CURSOR_EVERY = 1000      # objects handled between saves of the listing cursor (a killed run redoes fewer)
+
+    def __init__(self, config: Config, cluster: Cluster, dry_run: bool = False, out: Any = None) -> None:
+        if config.JobType != 'S3_TO_S3':
+            raise ConfigError('jobsender needs JobType = S3_TO_S3 (the workers read the source from S3)')
+        self.config, self.cluster, self.dry_run, self.out = config, cluster, dry_run, out
+        self.retrier = Retrier(config.MaxRetry, threading.Event())
+        self.source_client, self.destination_client = cluster.s3('Src', 16), cluster.s3('Des', 16)
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.lock = threading.Lock()
+        self.cursor = ListingCursor(config, cluster.status)
+        self.stale_before = 0.0
+        if cluster.queue is not None:
+            retention = int(cluster.queue.attributes().get('MessageRetentionPeriod', '345600'))
+            self.stale_before = time.time() - retention     # a message queued earlier than this is gone
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += amount
+
+    def run(self, time_up: Optional[Callable[[], bool]] = None, inventory: str = '') -> Dict[str, int]:
+        """Every bucket pair (or the inventory's); a pair that cannot be listed is reported and the others go on.
+        time_up: stop listing when it says so; the next run goes on from there."""
+        pairs = bucket_pairs(self.config, self.cluster)
+        if inventory:
+            self.send_inventory(InventoryReport(self.source_client, inventory, self.retrier), pairs)
+            return self.counts
+        for pair in pairs:
             try:
-                if batch and cluster.queue is not None:
-                    cluster.queue.send(batch)
-                    count('queued', len(batch))
-            except Exception as error:  # noqa: BLE001 - counted and shown; the status says so too
-                logger.error('%s', describe_error(error))
-                count('failed', len(batch))
-                for job in batch:
-                    if cluster.status is not None:
-                        cluster.status.finish(job, 'could not be queued', 0)
-            batch.clear()
+                finished = self.send_pair(pair, time_up)
+            except Exception as error:  # noqa: BLE001 - this pair is reported; the others go on
+                logger.error('cannot compare %s: %s', pair, str(error) if isinstance(error, ConfigError)
+                             else describe_error(error))
+                self.count('pairs_failed')
+                continue
+            if not finished:
+                self.count('unfinished')
+                break
+        return self.counts
 
-        for task in plan(source.objects(), destination, filters, source.match_name, config.CompareMode):
-            count('listed')
-            if task.action in ('exclude', 'skip', 'fail'):
-                count({'exclude': 'excluded', 'skip': 'at_destination', 'fail': 'failed'}[task.action])
-                if task.action == 'fail':
-                    logger.error('FAILED %s: %s', task.key, task.reason)
-                continue
-            job = Job(config.SrcBucket, task.source.location, config.DesBucket, task.key, task.source.size)
-            if dry_run:
-                count('queued')
-                print(f'queue    {job.src_key} -> s3://{job.name}  {job.size}', file=out)
-                continue
-            if cluster.status is not None and not cluster.status.mark_queued(job, task.source.version, stale_before):
-                count('already_queued')
-                continue
-            batch.append(job)
+    def _sides(self, config: Config, source_type: type = ListedSource,
+               destination_type: type = ListedDestination) -> Tuple[Any, Any]:
+        check_bucket(self.source_client, config.SrcBucket, config.SrcPrefix, 'source')
+        check_bucket(self.destination_client, config.DesBucket, config.S3Prefix, 'destination')
+        source = source_type(self.source_client, config.SrcBucket, config.SrcPrefix, '*', config.ListPageSize,
+                             self.retrier, config.RequestPayer == 'requester')
+        destination = destination_type(self.destination_client, config.DesBucket, config.S3Prefix,
+                                       WriteOptions.from_config(config), config.ListPageSize, self.retrier)
+        return source, destination
+
+    def send_pair(self, pair: Pair, time_up: Optional[Callable[[], bool]]) -> bool:
+        """Compare one pair and queue what is missing; False when time ran out first (where it stopped is kept)."""
+        config = pair.applied(self.config)
+        if time_up is None and not config.JobsenderCompareVersionId:
+            with ThreadPoolExecutor(8, 'list') as pool:
+                for future in [pool.submit(self.send_tasks, config, *sides) for sides in
+                               _folder_plans(config, self.source_client, self.destination_client, self.retrier)]:
+                    future.result()
+            return True
+        source, destination = self._sides(config)
+        source.versions = config.JobsenderCompareVersionId
+        source.after = self.cursor.get(pair) if time_up else ''
+        if source.after:
+            logger.info('%s: going on after %s, where the last run stopped', pair, source.after)
+            destination.after = source.after[len(source.prefix):]
+        finished = self.send_tasks(config, source, destination, time_up=time_up,
+                                   stopped_at=lambda key: self.cursor.put(pair, key))
+        if finished and time_up is not None:
+            self.cursor.put(pair, None)
+        return finished
+
+    def send_inventory(self, report: InventoryReport, pairs: List[Pair]) -> None:
+        """Queue the inventory's objects that the destination lacks, without listing the source bucket."""
+        pair = next((p for p in pairs if p.src_bucket == report.source_bucket), None)
+        if pair is None:
+            raise ConfigError(f'{report.url} is an inventory of bucket {report.source_bucket}, which no bucket pair '
+                              'copies: set SrcBucket (or BucketPairs) to it')
+        report.check()
+        config = pair.applied(self.config)
+        check_bucket(self.destination_client, config.DesBucket, config.S3Prefix, 'destination')
+        destination = Destination(self.destination_client, config.DesBucket, config.S3Prefix,
+                                  WriteOptions.from_config(config), config.ListPageSize, self.retrier)
+        self.send_tasks(config, report.objects(config.SrcPrefix), destination, index=InventoryIndex(destination))
+
+    def send_tasks(self, config: Config, source: Any, destination: Destination, index: Any = None,
+                   time_up: Optional[Callable[[], bool]] = None,
+                   stopped_at: Callable[[str], None] = lambda key: None) -> bool:
+        """Plan one listing against its destination and queue, ten per message batch, what it lacks; False when
+        time_up said stop (stopped_at is told the last source key handled, also every CURSOR_EVERY objects)."""
+        objects = source.objects() if hasattr(source, 'objects') else source
+
+        def match_name(obj: SourceObject) -> str:
+            return f'{config.SrcBucket}/{obj.location}'
+        batch: List[Job] = []
+        handled, last = 0, ''
+        for task in plan(objects, destination, Filters.from_config(config), match_name, config.CompareMode, index):
+            if time_up is not None and time_up():
+                self.flush(batch)
+                stopped_at(last)
+                logger.info('out of time: s3://%s listed up to %s; the next run goes on from there',
+                            config.SrcBucket, last)
+                return False
+            self.consider(config, task, destination, batch)
+            handled, last = handled + 1, task.source.location
             if len(batch) == 10:
-                flush()
-        flush()
+                self.flush(batch)
+            if handled % self.CURSOR_EVERY == 0 and time_up is not None:
+                self.flush(batch)
+                stopped_at(last)
+        self.flush(batch)
+        return True
 
-    with ThreadPoolExecutor(8, 'list') as pool:
-        for future in [pool.submit(plan_folder, *pair) for pair in
-                       _folder_plans(config, source_client, destination_client, retrier)]:
-            future.result()
-    return counts
+    def consider(self, config: Config, task: Task, destination: Destination, batch: List[Job]) -> None:
+        """Count one planned object, and add its job to batch when the destination lacks it."""
+        self.count('listed')
+        if task.action in ('exclude', 'fail'):
+            self.count({'exclude': 'excluded', 'fail': 'failed'}[task.action])
+            if task.action == 'fail':
+                logger.error('FAILED %s: %s', task.key, task.reason)
+            return
+        job = Job(config.SrcBucket, task.source.location, config.DesBucket, task.key, task.source.size,
+                  task.source.version_id)
+        if task.action in ('skip', 'check') and config.JobsenderCompareVersionId:
+            if self.recorded_version(job, destination) == job.version_id:
+                self.count('at_destination')
+                return
+        elif task.action == 'skip':
+            self.count('at_destination')
+            return
+        if self.dry_run:
+            self.count('queued')
+            print(f'queue    {job.src_key} -> s3://{job.name}  {job.size}', file=self.out)
+            return
+        if self.cluster.status is not None and not self.cluster.status.mark_queued(job, task.source.version,
+                                                                                   self.stale_before):
+            self.count('already_queued')
+            return
+        batch.append(job)
+
+    def recorded_version(self, job: Job, destination: Destination) -> str:
+        """The source versionId the copy at the destination was made from: as the status table recorded it,
+        else as the object's stamp says."""
+        if self.cluster.status is not None:
+            item = self.cluster.status.get(job.name)
+            if item and item.get('state') == 'done' and item.get('version_id'):
+                return str(item['version_id'])
+        head = self.retrier.call(f'HeadObject {job.des_key}', destination.head, job.des_key)
+        return head.metadata.get('s3u-src-version-id', '') if head is not None else ''
+
+    def flush(self, batch: List[Job]) -> None:
+        """Send the batch (one SendMessageBatch); jobs that cannot be queued are counted and marked failed."""
+        try:
+            if batch and self.cluster.queue is not None:
+                self.cluster.queue.send(batch)
+                self.count('queued', len(batch))
+        except Exception as error:  # noqa: BLE001 - counted and shown; the status says so too
+            logger.error('%s', describe_error(error))
+            self.count('failed', len(batch))
+            for job in batch:
+                if self.cluster.status is not None:
+                    self.cluster.status.finish(job, 'could not be queued', 0)
+        batch.clear()
 
 
 def show_status(config: Config, cluster: Cluster, out: Any) -> int:
@@ -754,9 +1216,84 @@ def show_status(config: Config, cluster: Cluster, out: Any) -> int:
         number, size = totals.get(state, [0, 0])
         print(f'{state:8} {int(number):>9} objects  {human_bytes(size)}', file=out)
     for item in failed:
-        print(f'FAILED s3://{item[StatusTable.KEY]}  (attempts {int(item.get("attempts", 0))}): '
+        print(f'FAILED s3://{item[cluster.status.key]}  (attempts {int(item.get("attempts", 0))}): '
               f'{item.get("last_error", "")}', file=out)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _queue_arn(cluster: Cluster) -> str:
+    if cluster.queue is None:
+        raise ConfigError('[Cluster] SqsQueueUrl is empty: set the queue the notifications go to')
+    return cluster.queue.attributes()['QueueArn']
+
+
+def _rules_text(configuration: Dict[str, Any]) -> str:
+    rules = configuration.get('Filter', {}).get('Key', {}).get('FilterRules', [])
+    return ' '.join(f'{rule["Name"].lower()}={rule["Value"]}' for rule in rules) or '(whole bucket)'
+
+
+def list_triggers(client: Any, bucket: str, out: Any) -> int:
+    """Print every event notification of a bucket: kind, target, events, key filter (list_trigger.py)."""
+    try:
+        current = client.get_bucket_notification_configuration(Bucket=bucket)
+    except Exception as error:  # noqa: BLE001 - one line for the user
+        raise ConfigError(f'cannot read the notifications of bucket {bucket}: {describe_error(error)}') from None
+    found = 0
+    for kind, target in (('QueueConfigurations', 'QueueArn'), ('TopicConfigurations', 'TopicArn'),
+                         ('LambdaFunctionConfigurations', 'LambdaFunctionArn')):
+        for configuration in current.get(kind, []):
+            found += 1
+            print(f'{kind[:-14].lower():6} {configuration[target]}  {",".join(configuration["Events"])}  '
+                  f'{_rules_text(configuration)}  (id {configuration.get("Id", "")})', file=out)
+    if 'EventBridgeConfiguration' in current:
+        print('eventbridge (all events of the bucket)', file=out)
+    if not found:
+        print(f'bucket {bucket} sends no notifications to queues, topics or functions', file=out)
+    return EXIT_OK
+
+
+def add_triggers(client: Any, bucket: str, queue_arn: str, prefixes: List[str], out: Any) -> int:
+    """Send ObjectCreated events of each prefix ('' = the whole bucket) to the queue, keeping every
+    notification the bucket already has (add_trigger.py)."""
+    try:
+        current = client.get_bucket_notification_configuration(Bucket=bucket)
+    except Exception as error:  # noqa: BLE001 - one line for the user
+        raise ConfigError(f'cannot read the notifications of bucket {bucket}: {describe_error(error)}') from None
+    current.pop('ResponseMetadata', None)
+    queues = current.setdefault('QueueConfigurations', [])
+    present = {_rules_text(q) for q in queues if q['QueueArn'] == queue_arn}
+    added = []
+    for prefix in dict.fromkeys(prefixes):
+        rules = [{'Name': 'prefix', 'Value': prefix}] if prefix else []
+        wanted = {'Events': ['s3:ObjectCreated:*'], 'QueueArn': queue_arn,
+                  'Id': f's3_upload-{prefix or "all"}'[:255], **({'Filter': {'Key': {'FilterRules': rules}}} if rules else {})}
+        if _rules_text(wanted) in present:
+            print(f'already there: {_rules_text(wanted)}', file=out)
+            continue
+        queues.append(wanted)
+        added.append(prefix)
+    if added:
+        try:
+            client.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
+        except Exception as error:  # noqa: BLE001 - one line for the user
+            raise ConfigError(f'cannot set the notifications of bucket {bucket}: {describe_error(error)}: overlapping '
+                              'prefixes of one event type are refused by S3, and the queue policy must let '
+                              's3.amazonaws.com send (deploy/ templates set it)') from None
+    for prefix in added:
+        print(f'added: s3://{bucket}/{prefix}* -> {queue_arn}', file=out)
+    return EXIT_OK
+
+
+def read_prefixes(path: str) -> List[str]:
+    """One prefix per line (prefix_list.txt of the seeds); '*' or '/' is the whole bucket; # comments."""
+    try:
+        with open(path, encoding='utf-8-sig') as handle:
+            lines = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith('#')]
+    except OSError as error:
+        raise ConfigError(f'cannot read --prefixes {path}: {error.strerror}: fix the path') from None
+    if not lines:
+        raise ConfigError(f'--prefixes {path} lists no prefix: write one per line')
+    return ['' if line in ('*', '/') else line.lstrip('/') for line in lines]
 
 
 def build_cluster_parser() -> argparse.ArgumentParser:
@@ -765,20 +1302,29 @@ def build_cluster_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest='command', required=True)
     for name, text in (('jobsender', 'queue one message per object the destination lacks'),
                        ('worker', 'copy the queued objects (long-polls SQS; SIGTERM stops gracefully)'),
-                       ('status', 'print totals per state, the queue depth and the failed objects')):
+                       ('status', 'print totals per state, the queue depth and the failed objects'),
+                       ('triggers', 'send the source bucket\'s new objects to the queue (S3 event notifications)')):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument('--config', metavar='PATH', help='ini file (default: s3_upload_config.ini beside the script)')
         command.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], help='override a config key')
         if name == 'jobsender':
             command.add_argument('--dry-run', action='store_true', help='print the jobs and counts; send nothing')
+            command.add_argument('--inventory', metavar='S3_URL', default='',
+                                 help='take the objects from an S3 Inventory report (s3://BUCKET/PATH/manifest.json, '
+                                      'CSV) instead of listing the source bucket')
         if name == 'worker':
             command.add_argument('--once', action='store_true', help='exit when the queue is empty (nothing waiting '
                                                                      'or in flight)')
             command.add_argument('--report', metavar='PATH', help='write a JSON summary on exit')
+        if name == 'triggers':
+            command.add_argument('action', choices=('add', 'list'), help='add: notify the queue of ObjectCreated '
+                                 'events below each prefix, keeping the bucket\'s other notifications; list: print them')
+            command.add_argument('--prefixes', metavar='FILE', help='add: one prefix per line (* = the whole bucket)')
+            command.add_argument('--bucket', metavar='NAME', help='the source bucket (default: SrcBucket)')
     return parser
 
 
-CLUSTER_COMMANDS = ('jobsender', 'worker', 'status')
+CLUSTER_COMMANDS = ('jobsender', 'worker', 'status', 'triggers')
 
 
 def exit_now(code: int) -> None:
@@ -787,23 +1333,37 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def run_triggers(args: argparse.Namespace, config: Config, cluster: Cluster) -> int:
+    bucket = args.bucket or config.SrcBucket
+    if not bucket:
+        raise ConfigError('triggers: name the bucket with --bucket or SrcBucket')
+    client = cluster.s3('Src', 4)
+    if args.action == 'list':
+        return list_triggers(client, bucket, sys.stdout)
+    if not args.prefixes:
+        raise ConfigError('triggers add needs --prefixes FILE (one prefix per line)')
+    return add_triggers(client, bucket, _queue_arn(cluster), read_prefixes(args.prefixes), sys.stdout)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """`jobsender`, `worker` and `status`: exit 0 done, 1 some objects failed, 2 bad input, 130/143 stopped."""
+    """`jobsender`, `worker`, `status` and `triggers`: exit 0 done, 1 some objects failed, 2 bad input, 130/143 stopped."""
     args = build_cluster_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        config = Config.load(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
+        config = load_config(args.config or default_config_path(), parse_overrides(args.set), dict(os.environ))
         setup_logging(config)
         for warning in config.warnings:
             logger.warning('%s', warning)
-        cluster = Cluster(config, need_queue=args.command != 'status')
+        cluster = Cluster(config, need_queue=args.command not in ('status', 'triggers'))
+        if args.command == 'triggers':
+            return run_triggers(args, config, cluster)
         cluster.check(create_table=args.command == 'jobsender')
         if args.command == 'status':
             return show_status(config, cluster, sys.stdout)
         if args.command == 'jobsender':
-            counts = send_jobs(config, cluster, args.dry_run, sys.stdout)
+            counts = JobSender(config, cluster, args.dry_run, sys.stdout).run(inventory=args.inventory)
             print(('dry run: ' if args.dry_run else '') + ', '.join(f'{v} {k.replace("_", " ")}'
                                                                      for k, v in counts.items()), file=sys.stderr)
-            return EXIT_FAILED if counts['failed'] else EXIT_OK
+            return EXIT_FAILED if counts['failed'] or counts['pairs_failed'] else EXIT_OK
         stop = threading.Event()
         outcome = install_signal_handlers(stop, exit_now)
         if config.DesBucket:
@@ -823,8 +1383,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     return outcome['code'] if stop.is_set() else report.exit_code
 
 
-def _lambda_setup(config: Config) -> Config:
-    """Lambda: logs to its stream (filtered for secrets), journal and logs below /tmp."""
+def _lambda_config() -> Config:
+    """Lambda: the config (S3_UPLOAD_CONFIG, S3UPLOAD_<Key> and the seed's variable names); logs to its stream
+    (filtered for secrets); journal and logs below /tmp."""
+    config = load_config(os.environ.get('S3_UPLOAD_CONFIG') or default_config_path(),
+                         original_environment(dict(os.environ)), dict(os.environ))
     level = getattr(logging, config.LoggingLevel)
     root = logging.getLogger()
     if not root.handlers:
@@ -836,41 +1399,65 @@ def _lambda_setup(config: Config) -> Config:
     for name in ('botocore', 'boto3', 'urllib3'):
         logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
     if not os.path.isabs(config.LogDir) and os.environ.get('AWS_LAMBDA_FUNCTION_NAME'):
-        config = Config({**config.raw, 'logdir': os.path.join('/tmp', config.LogDir)}, config.path)
+        config = config.replace(LogDir=os.path.join('/tmp', config.LogDir))
     return config
+
+
+def _lambda_keys() -> Optional[Tuple[str, str]]:
+    """The serverless seed's keys of the other side (aws_access_key_id / aws_secret_access_key, lower case)."""
+    keys = os.environ.get('aws_access_key_id'), os.environ.get('aws_secret_access_key')
+    return (keys[0], keys[1]) if keys[0] and keys[1] else None
+
+
+def _out_of_time(context: Any, config: Config) -> Callable[[], bool]:
+    return lambda: context.get_remaining_time_in_millis() < config.StopBeforeTimeout * 1000
 
 
 def lambda_handler(event: Dict[str, Any], context: Any) -> Dict[str, Any]:
     """AWS Lambda entry point for an SQS trigger (ReportBatchItemFailures on): the same worker, one
-    invocation at a time. No new part starts once the remaining time is below StopBeforeTimeout; the
-    unfinished messages are returned as batchItemFailures and the next invocation resumes them from
-    the parts already uploaded."""
-    config = _lambda_setup(Config.load(os.environ.get('S3_UPLOAD_CONFIG') or default_config_path(),
-                                       environ=dict(os.environ)))
-    stop = threading.Event()
-    worker = Worker(config, Cluster(config, need_queue=False), stop)
+    invocation at a time. No new part starts once the remaining time is below StopBeforeTimeout; a message
+    stopped for time is made visible again at once (ChangeMessageVisibility 0, its queue from the record's
+    eventSourceARN), so the next invocation resumes it within seconds from the parts already uploaded."""
+    try:
+        config = _lambda_config()
+        stop = threading.Event()
+        cluster = Cluster(config, need_queue=False, keys=_lambda_keys())
+        worker = Worker(config, cluster, stop)
+    except ConfigError as error:
+        logger.error('%s', error)
+        raise
+    out_of_time = _out_of_time(context, config)
     finished = threading.Event()
 
     def watch_clock() -> None:
         while not finished.wait(0.2):
-            if context.get_remaining_time_in_millis() < config.StopBeforeTimeout * 1000:
+            if out_of_time():
                 logger.warning('%d s left in this invocation: finishing the parts in flight, resuming next time',
                                context.get_remaining_time_in_millis() // 1000)
                 stop.set()
                 return
 
+    def queue_of(record: Dict[str, Any]) -> Optional[JobQueue]:
+        arn = record.get('eventSourceARN', '')
+        return cluster.queue_at(queue_url_of(arn, config.SqsEndpointURL)) if arn else cluster.queue
+
     def run(record: Dict[str, Any]) -> bool:
-        lease = worker.heartbeat.watch(Lease())
+        queue = queue_of(record)
+        lease = worker.heartbeat.watch(Lease(record.get('receiptHandle', '') if queue is not None else ''))
         try:
-            return worker.process(record.get('body', ''), lease) == 'done'
+            outcome = worker.process(record.get('body', ''), lease)
         except BadMessage as error:
             logger.error('message %s is not a job (%s)', record.get('messageId'), error)
-            return False
+            outcome = 'stopped'          # back at once: its receive count sends it to the dead-letter queue
         except Exception as error:  # noqa: BLE001 - this message comes back; the others go on
             logger.error('message %s: %s', record.get('messageId'), describe_error(error))
-            return False
+            outcome = 'failed'
         finally:
             worker.heartbeat.end(lease)
+        if outcome != 'done' and queue is not None and record.get('receiptHandle'):
+            received = int(record.get('attributes', {}).get('ApproximateReceiveCount', '1'))
+            queue.hide(record['receiptHandle'], worker.visible_again_in(outcome, lease, received))
+        return outcome == 'done'
 
     clock = threading.Thread(target=watch_clock, name='clock', daemon=True)
     clock.start()
@@ -884,6 +1471,18 @@ def lambda_handler(event: Dict[str, Any], context: Any) -> Dict[str, Any]:
         worker.close()
     return {'batchItemFailures': [{'itemIdentifier': record['messageId']}
                                   for record, ok in zip(records, done) if not ok]}
+
+
+def jobsender_handler(event: Dict[str, Any], context: Any) -> Dict[str, int]:
+    """AWS Lambda entry point for the scheduled Jobsender (an EventBridge rule, hourly): every bucket pair
+    compared and what the destinations lack queued. A listing that runs out of time stops before the
+    invocation does, and the next run goes on where it stopped."""
+    config = _lambda_config()
+    cluster = Cluster(config, keys=_lambda_keys())
+    cluster.check()
+    counts = JobSender(config, cluster).run(time_up=_out_of_time(context, config))
+    logger.info('jobsender: %s', ', '.join(f'{v} {k.replace("_", " ")}' for k, v in counts.items()))
+    return counts
 
 
 if __name__ == '__main__':
