@@ -1148,11 +1148,13 @@ class CrtLane:
 
     def headers(self, params: Dict[str, Any], operation: str = 'PutObject') -> Optional[List[Tuple[str, str]]]:
         """An operation's parameters as HTTP headers, the way botocore serialises them; None if any is not
-        plain ASCII (botocore then sends the request)."""
+        plain ASCII, or not a header (versionId: botocore then sends the request)."""
         headers = []
         fields = self.fields[operation]
         for name, value in params.items():
             location, header, kind, stamp = fields[name]
+            if location not in ('header', 'headers'):
+                return None
             if location == 'headers':
                 headers.extend((header + key, text) for key, text in value.items())
             elif kind == 'timestamp':

@@ -96,8 +96,9 @@ def jobs_from_message(body: str, config: Config) -> List[Job]:
                 jobs.append(Job(record['s3']['bucket']['name'], key, config.DesBucket, destination_key(key, config),
                                 int(obj.get('size', -1)), '' if version == 'null' else version))
         else:
+            version = str(data.get('versionId') or '')
             jobs = [Job(str(data['Src_bucket']), str(data['Src_key']), str(data['Des_bucket']), str(data['Des_key']),
-                        int(data.get('Size', -1)), str(data.get('versionId') or ''))]
+                        int(data.get('Size', -1)), '' if version == 'null' else version)]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise BadMessage(f'neither a job nor an S3 event ({type(error).__name__}: {error})') from None
     if any(not job.src_key or not job.des_key or not job.src_bucket or not job.des_bucket for job in jobs):
@@ -694,6 +695,7 @@ class Worker:
             return 'stopped'
         except Exception as failure:  # noqa: BLE001 - e.g. the destination HEAD failed for good
             error = describe_error(failure)
+            logger.error('FAILED %s: %s', job.name, error)
             self.progress.fail(job.name, error)
         finally:
             lease.claimed.remove(job)
@@ -1422,6 +1424,8 @@ def lambda_handler(event: Dict[str, Any], context: Any) -> Dict[str, Any]:
         config = _lambda_config()
         stop = threading.Event()
         cluster = Cluster(config, need_queue=False, keys=_lambda_keys())
+        if cluster.status is not None:
+            cluster.status.check()
         worker = Worker(config, cluster, stop)
     except ConfigError as error:
         logger.error('%s', error)

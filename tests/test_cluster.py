@@ -10,96 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from urllib.parse import quote_plus
 
-import boto3
 import pytest
 
-from conftest import MiB, CLUSTER, SMALL_PARTS, SOURCE_KEY, SOURCE_SECRET, bucket_contents, random_bytes, wait_for_parts
+from conftest import MiB, FakeContext, Stack, bucket_contents, copied, random_bytes, wait_for_parts
 from s3_upload import Config
 from s3_upload_cluster import BadMessage, jobs_from_message
 
-
-
-class Stack:
-    """A queue (with a dead-letter queue), a status table name and buckets for one test."""
-
-    def __init__(self, moto, seaweed, tool, max_receive: int = 2) -> None:
-        self.moto, self.seaweed, self.tool = moto, seaweed, tool
-        self.sqs = self.aws('sqs')
-        self.dynamodb = self.aws('dynamodb')
-        name = uuid.uuid4().hex[:10]
-        self.dlq_url = self.sqs.create_queue(QueueName=f'dlq-{name}')['QueueUrl']
-        dlq_arn = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
-        self.queue_url = self.sqs.create_queue(QueueName=f'jobs-{name}', Attributes={
-            'RedrivePolicy': json.dumps({'deadLetterTargetArn': dlq_arn, 'maxReceiveCount': str(max_receive)})})['QueueUrl']
-        self.table = f'status-{name}'
-        self.parameter = f'/s3upload/{name}/source-keys'
-        self.aws('ssm').put_parameter(Name=self.parameter, Type='SecureString', Value=json.dumps(
-            {'aws_access_key_id': SOURCE_KEY, 'aws_secret_access_key': SOURCE_SECRET, 'region': 'us-east-1'}))
-        self.src = seaweed.bucket('src')
-        self.dst = seaweed.bucket('dst')
-
-    def aws(self, service: str):
-        return boto3.client(service, endpoint_url=self.moto.endpoint, region_name='us-east-1',
-                            aws_access_key_id=self.moto.access_key, aws_secret_access_key=self.moto.secret_key)
-
-    def settings(self, **more) -> dict:
-        return {'JobType': 'S3_TO_S3', 'SrcProfileName': 'wrong_keys',    # the SSM parameter's keys are used
-                'SrcEndPointURL': self.seaweed.endpoint, 'SrcBucket': self.src, 'SrcPrefix': 'data',
-                'DesProfileName': self.seaweed.profile, 'DesEndPointURL': self.seaweed.endpoint, 'DesBucket': self.dst,
-                'S3Prefix': 'copy', 'SqsQueueUrl': self.queue_url, 'StatusTable': self.table,
-                'ClusterProfileName': self.moto.profile, 'ClusterRegion': 'us-east-1',
-                'SqsEndpointURL': self.moto.endpoint, 'DynamoDBEndpointURL': self.moto.endpoint,
-                'SsmEndpointURL': self.moto.endpoint, 'CredentialsParameter': self.parameter, 'CredentialsFor': 'Src',
-                'VisibilityTimeout': 6, 'PollSeconds': 1, **SMALL_PARTS, 'LogDir': self.tool.folder / 'log', **more}
-
-    def command(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> list:
-        ini = self.tool.ini(self.settings(**more), name)
-        return [sys.executable, str(CLUSTER), subcommand, '--config', str(ini), *extra]
-
-    def run(self, subcommand: str, *extra: str, timeout: float = 240, **more) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(subcommand, *extra, **more), capture_output=True, text=True,
-                              env=self.tool.env, cwd=self.tool.folder, timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def start(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> subprocess.Popen:
-        return subprocess.Popen(self.command(subcommand, *extra, name=name, **more), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=self.tool.env, cwd=self.tool.folder)
-
-    def put_sources(self, objects: dict) -> None:
-        client = self.seaweed.client()
-        for key, data in objects.items():
-            client.put_object(Bucket=self.src, Key=key, Body=data)
-
-    def send(self, *bodies: str) -> None:
-        for body in bodies:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-    def depth(self, url: str) -> int:
-        counts = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['All'])['Attributes']
-        return int(counts['ApproximateNumberOfMessages']) + int(counts['ApproximateNumberOfMessagesNotVisible'])
-
-    def items(self) -> dict:
-        out = {}
-        for page in self.dynamodb.get_paginator('scan').paginate(TableName=self.table):
-            for item in page['Items']:
-                name = item['object']['S']
-                if not name.startswith('upload#'):
-                    out[name] = {k: v.get('S', v.get('N')) for k, v in item.items()}
-        return out
-
-
-@pytest.fixture
-def stack(moto, seaweed, tool) -> Stack:
-    return Stack(moto, seaweed, tool)
-
-
-def copied(stack: Stack, objects: dict) -> dict:
-    return {'copy/' + key[len('data/'):]: data for key, data in objects.items()}
 
 
 def test_message_formats_and_key_decoding():
@@ -208,16 +127,6 @@ def test_s3_event_notifications_with_encoded_keys(stack):
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert bucket_contents(stack.seaweed, stack.dst) == copied(stack, objects)
     assert stack.depth(stack.queue_url) == 0 and stack.depth(stack.dlq_url) == 0
-
-
-class FakeContext:
-    """What Lambda passes: the time left before the invocation is cut off."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return int((self.deadline - time.monotonic()) * 1000)
 
 
 def test_lambda_handler_finishes_a_large_object_across_invocations(stack, monkeypatch, caplog):
