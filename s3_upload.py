@@ -385,6 +385,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Cluster', 'GetObjectWithVersionId', 'False', _bool,
            'every read of a source object asks for the job\'s versionId (needs s3:GetObjectVersion), so '
            'an overwritten object still arrives as the queued version'),
+    Option('Cluster', 'MetricsNamespace', 's3_upload', _word,
+           'CloudWatch namespace of the per-minute metrics of workers (PutMetricData) and the Lambda (EMF '
+           'lines); empty = none'),
+    Option('Cluster', 'FleetName', 's3_upload', _word, 'the Fleet dimension of those metrics (one per deployment)'),
+    Option('Cluster', 'CloudWatchEndpointURL', '', _endpoint, 'CloudWatch endpoint (empty = AWS)'),
 )
 OPTIONS_BY_KEY: Dict[str, Option] = {option.name.lower(): option for option in OPTIONS}
 ENV_PREFIX = 'S3UPLOAD_'
@@ -480,6 +485,9 @@ class Config:
     JobsenderCompareVersionId: bool
     UpdateVersionId: bool
     GetObjectWithVersionId: bool
+    MetricsNamespace: str
+    FleetName: str
+    CloudWatchEndpointURL: Optional[str]
 
     def __init__(self, raw: Dict[str, str], path: str = '', warnings: Iterable[str] = (),
                  strays: Optional[Dict[str, str]] = None, optional: Tuple[str, ...] = ()) -> None:
@@ -3310,7 +3318,7 @@ class Progress:
         self.started = time.monotonic()
         self.listing_done = False
         self.files_total = self.files_transferred = self.files_skipped = self.files_failed = 0
-        self.files_excluded = 0
+        self.files_excluded = self.files_resumed = 0
         self.bytes_total = self.bytes_transferred = self.bytes_resumed = self.bytes_skipped = 0
         self.bytes_copied_server_side = 0
         self.bytes_redone = 0                    # counted as done, then sent again (a file started over)
@@ -3383,7 +3391,7 @@ class Progress:
     def snapshot(self) -> Dict[str, Any]:
         with self.lock:
             counts = {name: getattr(self, name) for name in (
-                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded',
+                'files_total', 'files_transferred', 'files_skipped', 'files_failed', 'files_excluded', 'files_resumed',
                 'bytes_total', 'bytes_transferred', 'bytes_resumed', 'bytes_skipped', 'bytes_copied_server_side',
                 'bytes_redone', 'parts_uploaded', 'parts_resumed', 'listing_done')}
             counts['bytes_done'] = self.bytes_done
@@ -3830,6 +3838,8 @@ class MultipartCopy:
     def _finish(self, upload_id: str, part_size: int, kept: Dict[int, Part], info: Info) -> str:
         """Send the parts the upload lacks, complete it and verify the object."""
         done: Dict[int, PartDone] = {}
+        if kept:
+            self.progress.add(files_resumed=1)
         for number, part in kept.items():
             checksum = base64.b64decode(part.checksum) if part.checksum else None
             done[number] = PartDone(number, part.size, part.etag, md5_hex_etag(part.etag), checksum)

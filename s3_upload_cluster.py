@@ -467,10 +467,10 @@ class Cluster:
                                                                               config.CredentialsParameter)
 
     def service(self, name: str) -> Any:
-        """The client of one AWS service of the cluster (sqs, dynamodb, ssm), made once."""
+        """The client of one AWS service of the cluster (sqs, dynamodb, ssm, cloudwatch), made once."""
         if name not in self.clients:
             endpoint = {'sqs': self.config.SqsEndpointURL, 'dynamodb': self.config.DynamoDBEndpointURL,
-                        'ssm': self.config.SsmEndpointURL}[name]
+                        'ssm': self.config.SsmEndpointURL, 'cloudwatch': self.config.CloudWatchEndpointURL}[name]
             self.clients[name] = _service_client(self.config, name, endpoint)
         return self.clients[name]
 
@@ -615,11 +615,106 @@ class JobFilter:
         return Filters(self.from_file + self.from_parameter).excluded(job.src_key, f'{job.src_bucket}/{job.src_key}')
 
 
+class MeteredSource(S3Source):
+    """An S3 source that counts the bytes it reads (the BytesRead metric)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bytes_read = 0
+        self.count_lock = threading.Lock()
+
+    def _count(self, nbytes: int) -> None:
+        with self.count_lock:
+            self.bytes_read += nbytes
+
+    def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        data = super().read(obj, offset, length)
+        self._count(len(data))
+        return data
+
+    def fetch(self, obj: SourceObject) -> Tuple[bytes, Any]:
+        data, info = super().fetch(obj)
+        self._count(len(data))
+        return data, info
+
+    def fetch_async(self, obj: SourceObject, done: Callable[[Optional[Tuple[bytes, Any]], Optional[BaseException]], None]
+                    ) -> bool:
+        def counted(fetched: Optional[Tuple[bytes, Any]], error: Optional[BaseException]) -> None:
+            if fetched is not None:
+                self._count(len(fetched[0]))
+            done(fetched, error)
+        return super().fetch_async(obj, counted)
+
+
+METRIC_UNITS = {'BytesRead': 'Bytes', 'BytesWritten': 'Bytes', 'ObjectsCompleted': 'Count', 'ObjectsFailed': 'Count',
+                'ObjectsSkipped': 'Count', 'ObjectsResumed': 'Count', 'PartsSent': 'Count', 'Retries': 'Count'}
+
+
+def emf_line(namespace: str, fleet: str, values: Dict[str, float]) -> str:
+    """One CloudWatch Embedded Metric Format record: CloudWatch Logs makes metrics of it, no request needed."""
+    return json.dumps({'_aws': {'Timestamp': int(time.time() * 1000), 'CloudWatchMetrics': [{
+        'Namespace': namespace, 'Dimensions': [['Fleet']],
+        'Metrics': [{'Name': name, 'Unit': METRIC_UNITS[name]} for name in values]}]}, 'Fleet': fleet, **values})
+
+
+class FleetMetrics:
+    """What one worker (or Lambda invocation) moved, sent every minute and at the end as the change since
+    the last time: bytes read and written, objects completed / failed / skipped / resumed, parts, retries."""
+
+    EVERY_SECONDS = 60.0
+
+    def __init__(self, totals: Callable[[], Dict[str, float]], send: Callable[[Dict[str, float]], None]) -> None:
+        self.totals = totals
+        self.send = send
+        self.sent = dict.fromkeys(METRIC_UNITS, 0.0)
+        self.lock = threading.Lock()
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._every_minute, name='metrics', daemon=True)
+        self.thread.start()
+
+    def _every_minute(self) -> None:
+        while not self.ended.wait(self.EVERY_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            totals = self.totals()
+            change = {name: totals[name] - self.sent[name] for name in METRIC_UNITS}
+            if not any(change.values()):
+                return
+            try:
+                self.send(change)
+            except Exception as error:  # noqa: BLE001 - sent with the next minute's
+                logger.warning('cannot publish metrics: %s', describe_error(error))
+                return
+            self.sent = totals
+
+    def close(self) -> None:
+        self.ended.set()
+        self.thread.join()
+        self.flush()
+
+
+def metrics_sender(config: Config, cluster: 'Cluster', lambda_lines: bool) -> Optional[Callable[[Dict[str, float]], None]]:
+    """How metrics leave: EMF lines on stdout (Lambda), PutMetricData (a worker); None without MetricsNamespace."""
+    if not config.MetricsNamespace:
+        return None
+    namespace, fleet = config.MetricsNamespace, config.FleetName
+    if lambda_lines:
+        return lambda values: print(emf_line(namespace, fleet, values), flush=True)
+
+    def put(values: Dict[str, float]) -> None:
+        cluster.service('cloudwatch').put_metric_data(Namespace=namespace, MetricData=[
+            {'MetricName': name, 'Dimensions': [{'Name': 'Fleet', 'Value': fleet}], 'Value': value,
+             'Unit': METRIC_UNITS[name]} for name, value in values.items()])
+    return put
+
+
 class Worker:
     """Copies the jobs of queue messages through one Engine per bucket pair, MaxParallelFile at once;
     a message is deleted only when every job in it is complete and verified."""
 
-    def __init__(self, config: Config, cluster: Cluster, stop: threading.Event) -> None:
+    def __init__(self, config: Config, cluster: Cluster, stop: threading.Event, lambda_lines: bool = False) -> None:
         if config.CompareMode == 'size':     # a same-size object counts as done only if it is this source
             config = config.replace(CompareMode='identity')
         self.config = config
@@ -633,6 +728,18 @@ class Worker:
         self.lock = threading.Lock()
         self.job_filter = JobFilter(config, cluster)
         self.heartbeat = Heartbeat(config, cluster, stop, self.progress)
+        send = metrics_sender(config, cluster, lambda_lines)
+        self.metrics = FleetMetrics(self.moved, send) if send else None
+
+    def moved(self) -> Dict[str, float]:
+        """The totals the metrics publish."""
+        p = self.progress.snapshot()
+        with self.lock:
+            read = sum(engine.source.bytes_read for engine in self.engines.values())
+        return {'BytesRead': read, 'BytesWritten': p['bytes_transferred'] + p['bytes_copied_server_side'],
+                'ObjectsCompleted': p['files_transferred'], 'ObjectsFailed': p['files_failed'],
+                'ObjectsSkipped': p['files_skipped'] + p['files_excluded'], 'ObjectsResumed': p['files_resumed'],
+                'PartsSent': p['parts_uploaded'], 'Retries': self.retrier.retries}
 
     def engine(self, job: Job) -> Engine:
         with self.lock:
@@ -642,8 +749,8 @@ class Worker:
                 for side in ('Src', 'Des'):
                     if side not in self.clients:
                         self.clients[side] = self.cluster.s3(side, pool)
-                source = S3Source(self.clients['Src'], job.src_bucket, '', '*', config.ListPageSize, self.retrier,
-                                  config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
+                source = MeteredSource(self.clients['Src'], job.src_bucket, '', '*', config.ListPageSize, self.retrier,
+                                       config.RequestPayer == 'requester', config.CopyTags, config.CopyMetadata)
                 source.resolve_versions = config.UpdateVersionId
                 destination = Destination(self.clients['Des'], job.des_bucket, '', WriteOptions.from_config(config),
                                           config.ListPageSize, self.retrier)
@@ -791,6 +898,8 @@ class Worker:
         self.heartbeat.close()
         for engine in self.engines.values():
             engine.part_pool.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _folder_plans(config: Config, source_client: Any, destination_client: Any,
@@ -1223,6 +1332,68 @@ def show_status(config: Config, cluster: Cluster, out: Any) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+@dataclasses.dataclass
+class FleetState:
+    """The whole fleet at one moment, from the status table and the queue."""
+    at: float
+    objects: Dict[str, int]          # state -> objects
+    bytes_done: float                # of the done objects, and what the running ones have sent
+    bytes_total: float
+    failures: Dict[str, str]         # object -> its last error
+    waiting: str = '?'
+    in_flight: str = '?'
+
+    @classmethod
+    def read(cls, cluster: Cluster) -> 'FleetState':
+        assert cluster.status is not None
+        state = cls(time.monotonic(), dict.fromkeys(('queued', 'running', 'done', 'failed'), 0), 0.0, 0.0, {})
+        for item in cluster.status.items():
+            name, size = str(item.get('state', '?')), float(item.get('size', 0) or 0)
+            state.objects[name] = state.objects.get(name, 0) + 1
+            state.bytes_total += max(size, 0)
+            state.bytes_done += size if name == 'done' else float(item.get('bytes', 0) or 0) if name == 'running' else 0
+            if name == 'failed':
+                state.failures[str(item[cluster.status.key])] = f'(attempts {int(item.get("attempts", 0))}): ' \
+                                                                f'{item.get("last_error", "")}'
+        if cluster.queue is not None:
+            counts = cluster.queue.attributes()
+            state.waiting = counts.get('ApproximateNumberOfMessages', '?')
+            state.in_flight = counts.get('ApproximateNumberOfMessagesNotVisible', '?')
+        return state
+
+    def line(self, before: Optional['FleetState']) -> str:
+        """One line: objects done / total, bytes, bytes per second and ETA (against the state before), queue."""
+        total = sum(self.objects.values())
+        rate = (self.bytes_done - before.bytes_done) / max(self.at - before.at, 1e-3) if before else 0.0
+        left = self.bytes_total - self.bytes_done
+        seconds = int(left / rate) if rate > 0 else -1
+        eta = ('done' if total and self.objects['done'] == total else
+               f'{seconds // 3600}:{seconds % 3600 // 60:02}:{seconds % 60:02}' if seconds >= 0 else '-')
+        return (f'{time.strftime("%H:%M:%S")}  objects {self.objects["done"]}/{total} done, '
+                f'{self.objects["running"]} running, {self.objects["queued"]} queued, {self.objects["failed"]} failed'
+                f' | {human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)} | '
+                f'{human_bytes(max(rate, 0))}/s | ETA {eta} | queue: {self.waiting} waiting, {self.in_flight} in flight')
+
+
+def watch_status(cluster: Cluster, out: Any, every: float) -> int:
+    """status --watch: a line every `every` seconds and each new failure with its reason, until Ctrl-C."""
+    if cluster.status is None:
+        raise ConfigError('status --watch needs [Cluster] StatusTable')
+    before: Optional[FleetState] = None
+    shown: Dict[str, str] = {}
+    try:
+        while True:
+            now = FleetState.read(cluster)
+            print(now.line(before), file=out, flush=True)
+            for name, why in now.failures.items():
+                if shown.get(name) != why:
+                    print(f'  FAILED s3://{name} {why}', file=out, flush=True)
+            shown, before = now.failures, now
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def _queue_arn(cluster: Cluster) -> str:
     if cluster.queue is None:
         raise ConfigError('[Cluster] SqsQueueUrl is empty: set the queue the notifications go to')
@@ -1314,6 +1485,11 @@ def build_cluster_parser() -> argparse.ArgumentParser:
             command.add_argument('--inventory', metavar='S3_URL', default='',
                                  help='take the objects from an S3 Inventory report (s3://BUCKET/PATH/manifest.json, '
                                       'CSV) instead of listing the source bucket')
+        if name == 'status':
+            command.add_argument('--watch', action='store_true', help='one live view of the whole fleet until Ctrl-C: '
+                                 'objects done / total, bytes per second, ETA, failures with their reason')
+            command.add_argument('--every', metavar='SECONDS', type=float, default=10.0,
+                                 help='--watch: seconds between lines (default 10)')
         if name == 'worker':
             command.add_argument('--once', action='store_true', help='exit when the queue is empty (nothing waiting '
                                                                      'or in flight)')
@@ -1360,7 +1536,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return run_triggers(args, config, cluster)
         cluster.check(create_table=args.command == 'jobsender')
         if args.command == 'status':
-            return show_status(config, cluster, sys.stdout)
+            return (watch_status(cluster, sys.stdout, max(0.5, args.every)) if args.watch
+                    else show_status(config, cluster, sys.stdout))
         if args.command == 'jobsender':
             counts = JobSender(config, cluster, args.dry_run, sys.stdout).run(inventory=args.inventory)
             print(('dry run: ' if args.dry_run else '') + ', '.join(f'{v} {k.replace("_", " ")}'
@@ -1426,7 +1603,7 @@ def lambda_handler(event: Dict[str, Any], context: Any) -> Dict[str, Any]:
         cluster = Cluster(config, need_queue=False, keys=_lambda_keys())
         if cluster.status is not None:
             cluster.status.check()
-        worker = Worker(config, cluster, stop)
+        worker = Worker(config, cluster, stop, lambda_lines=True)
     except ConfigError as error:
         logger.error('%s', error)
         raise
