@@ -371,7 +371,7 @@ OPTIONS: Tuple[Option, ...] = (
            'Lambda: no new part starts when less time than this is left'),
     Option('Cluster', 'BucketPairs', '', _text,
            'jobsender: JSON list of [{"src_bucket", "src_prefix", "des_bucket", "des_prefix"}, ...] to '
-           'compare (empty = SrcBucket/SrcPrefix to DesBucket/S3Prefix)'),
+           'compare (empty or [] = SrcBucket/SrcPrefix to DesBucket/S3Prefix)'),
     Option('Cluster', 'BucketPairsParameter', '', _word,
            'SSM parameter holding BucketPairs, read at each jobsender run (the original ssm_parameter_bucket)'),
     Option('Cluster', 'IgnoreListParameter', '', _word,

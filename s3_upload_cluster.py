@@ -345,6 +345,18 @@ class StatusTable:
             self.client.put_item(TableName=self.name, Item={self.key: {'S': name}, 'after': {'S': value},
                                                             'updated': _attribute(time.time())})
 
+    def take_turn(self, name: str, seconds: float) -> str:
+        """Hold a turn of our own (e.g. jobsender's) for seconds: '' when taken, else who holds it."""
+        now = time.time()
+        if self._update(name, 'SET #w = :me, #l = :until, #u = :now',
+                        'attribute_not_exists(#o) OR #l < :now OR #w = :me',
+                        {':me': self.owner, ':until': now + seconds, ':now': now}):
+            return ''
+        return str((self.get(name) or {}).get('worker', 'another process'))
+
+    def end_turn(self, name: str) -> None:
+        self._update(name, 'REMOVE #l', '#w = :me', {':me': self.owner})
+
     def noted(self, name: str) -> str:
         item = self.get(name)
         return str(item.get('after', '')) if item else ''
@@ -959,25 +971,23 @@ class Pair:
 
 
 def bucket_pairs(config: Config, cluster: Cluster) -> List[Pair]:
-    """What jobsender compares: BucketPairs (or the SSM parameter BucketPairsParameter names), else the one pair
-    SrcBucket/SrcPrefix -> DesBucket/S3Prefix."""
+    """What jobsender compares: BucketPairs (or the SSM parameter BucketPairsParameter names); when they list
+    none (empty or []), the one pair SrcBucket/SrcPrefix -> DesBucket/S3Prefix."""
     text, where = config.BucketPairs, 'BucketPairs'
     if config.BucketPairsParameter:
         text = cluster.parameter(config.BucketPairsParameter, 'BucketPairsParameter')
         where = f'SSM parameter {config.BucketPairsParameter} (BucketPairsParameter)'
-    if not text.strip():
-        if not config.SrcBucket:
-            raise ConfigError('jobsender needs SrcBucket, BucketPairs or BucketPairsParameter: set one')
-        return [Pair(config.SrcBucket, config.SrcPrefix, config.DesBucket, config.S3Prefix)]
     try:
         pairs = [Pair(str(pair['src_bucket']), str(pair.get('src_prefix') or ''), str(pair['des_bucket']),
-                      str(pair.get('des_prefix') or '')) for pair in json.loads(text)]
+                      str(pair.get('des_prefix') or '')) for pair in json.loads(text or '[]')]
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f'{where} must be a JSON list of {{"src_bucket", "src_prefix", "des_bucket", "des_prefix"}} '
                           f'({type(error).__name__}: {error}): fix it') from None
-    if not pairs:
-        raise ConfigError(f'{where} lists no bucket pair: add one')
-    return pairs
+    if pairs:
+        return pairs
+    if not config.SrcBucket:
+        raise ConfigError(f'jobsender needs SrcBucket or a bucket pair in {where}: set one')
+    return [Pair(config.SrcBucket, config.SrcPrefix, config.DesBucket, config.S3Prefix)]
 
 
 class ListingCursor:
@@ -1160,9 +1170,26 @@ class JobSender:
         with self.lock:
             self.counts[name] += amount
 
+    TURN = 'jobsender#turn'
+
     def run(self, time_up: Optional[Callable[[], bool]] = None, inventory: str = '') -> Dict[str, int]:
         """Every bucket pair (or the inventory's); a pair that cannot be listed is reported and the others go on.
-        time_up: stop listing when it says so; the next run goes on from there."""
+        time_up: stop listing when it says so; the next run goes on from there. With a status table, one
+        jobsender runs at a time (a scheduled one finding another at work leaves it the turn)."""
+        status = self.cluster.status
+        if status is not None and not self.dry_run:
+            holder = status.take_turn(self.TURN, 3600 if time_up is None else 960)    # a Lambda lasts 15 minutes
+            if holder:
+                logger.warning('another jobsender (%s) is running: leaving it the turn', holder)
+                self.count('unfinished')
+                return self.counts
+        try:
+            return self._run(time_up, inventory)
+        finally:
+            if status is not None and not self.dry_run:
+                status.end_turn(self.TURN)
+
+    def _run(self, time_up: Optional[Callable[[], bool]], inventory: str) -> Dict[str, int]:
         pairs = bucket_pairs(self.config, self.cluster)
         if inventory:
             self.send_inventory(InventoryReport(self.source_client, inventory, self.retrier), pairs)

@@ -93,3 +93,73 @@ def test_status_watch_shows_the_fleet_moving_and_its_failures_until_ctrl_c(stack
     assert '12/13 done' in lines[-1] and '1 failed' in lines[-1]
     failed = {line.split()[1] for line in out.splitlines() if line.strip().startswith('FAILED')}
     assert failed == {f's3://{stack.dst}/copy/w/missing.bin'} and 'deleted' in out
+
+
+# The templates ####################################################################################
+
+def template(name: str) -> dict:
+    from cfnlint.decode import decode
+    from conftest import ROOT
+    decoded, problems = decode(str(ROOT / 'deploy' / name))
+    assert not problems
+    return decoded
+
+
+def resources_of(decoded: dict, kind: str) -> dict:
+    return {name: body for name, body in decoded['Resources'].items() if body['Type'] == kind}
+
+
+def test_the_templates_pass_cfn_lint():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    lint = 'import sys; from cfnlint.runner import main; sys.exit(main())'
+    done = subprocess.run([sys.executable, '-c', lint, *sorted(str(p) for p in (ROOT / 'deploy').glob('*.yaml'))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_both_templates_wire_s3_events_a_dashboard_and_alarms_mailed_through_sns():
+    for name in ('lambda.yaml', 'worker-fleet.yaml'):
+        decoded = template(name)
+        [policy] = resources_of(decoded, 'AWS::SQS::QueuePolicy').values()
+        [statement] = policy['Properties']['PolicyDocument']['Statement']
+        assert statement['Principal'] == {'Service': 's3.amazonaws.com'} and statement['Action'] == 'sqs:SendMessage'
+        assert 'aws:SourceArn' in statement['Condition']['ArnLike']
+        [dashboard] = resources_of(decoded, 'AWS::CloudWatch::Dashboard').values()
+        body = json.dumps(dashboard['Properties']['DashboardBody'])
+        for metric in ('ApproximateNumberOfMessagesVisible', 'ApproximateNumberOfMessagesNotVisible', 'BytesWritten',
+                       'ObjectsCompleted', 'ObjectsFailed'):
+            assert metric in body, (name, metric)
+        assert ('ConcurrentExecutions' if name == 'lambda.yaml' else 'GroupInServiceInstances') in body
+        [subscription] = resources_of(decoded, 'AWS::SNS::Subscription').values()
+        assert subscription['Properties']['Protocol'] == 'email' and 'AlarmEmail' in decoded['Parameters']
+        alarms = resources_of(decoded, 'AWS::CloudWatch::Alarm')
+        mailed = {n for n, a in alarms.items() if {'Ref': 'AlarmTopic'} in a['Properties'].get('AlarmActions', [])}
+        assert {'DeadLetterAlarm', 'FailuresAlarm'} <= mailed, name
+
+
+def test_the_lambda_template_schedules_the_jobsender_hourly():
+    decoded = template('lambda.yaml')
+    [rule] = resources_of(decoded, 'AWS::Events::Rule').values()
+    assert decoded['Parameters']['JobsenderSchedule']['Default'] == 'rate(1 hour)'
+    [target] = rule['Properties']['Targets']
+    function = decoded['Resources'][target['Arn']['Fn::GetAtt'][0]]
+    assert function['Properties']['Handler'] == 's3_upload_cluster.jobsender_handler'
+    assert 'S3UPLOAD_BucketPairsParameter' in function['Properties']['Environment']['Variables']
+
+
+def test_the_fleet_starts_from_one_message_follows_the_backlog_and_runs_bbr():
+    decoded = template('worker-fleet.yaml')
+    group = decoded['Resources']['WorkerGroup']['Properties']
+    assert group['MinSize'] == '0' and 'DesiredCapacity' not in group
+    start = decoded['Resources']['WorkWaitingNoWorker']['Properties']
+    expression = next(m['Expression'] for m in start['Metrics'] if 'Expression' in m)
+    assert 'waiting >= 1' in expression and start['Threshold'] == 1 and start['EvaluationPeriods'] == 1
+    first = decoded['Resources'][start['AlarmActions'][0]['Ref']]['Properties']
+    assert first['AdjustmentType'] == 'ExactCapacity' and first['StepAdjustments'][0]['ScalingAdjustment'] == 1
+    follow = decoded['Resources']['FollowBacklog']['Properties']['TargetTrackingConfiguration']
+    assert follow['TargetValue'] == {'Ref': 'BacklogPerInstance'}
+    user_data = json.dumps(decoded['Resources']['WorkerTemplate']['Properties']['LaunchTemplateData']['UserData'])
+    assert 'net.ipv4.tcp_congestion_control = bbr' in user_data and 'net.core.default_qdisc = fq' in user_data
+    assert 'amazon-cloudwatch-agent' in user_data and 's3_upload-jobsender.timer' in user_data
