@@ -157,7 +157,12 @@ def _private_open(path: str, append: bool = False) -> Any:
 JOB_TYPES = ('LOCAL_TO_S3', 'S3_TO_S3', 'ALIOSS_TO_S3')
 STORAGE_CLASSES = ('STANDARD', 'REDUCED_REDUNDANCY', 'STANDARD_IA', 'ONEZONE_IA',
                    'INTELLIGENT_TIERING', 'GLACIER', 'DEEP_ARCHIVE', 'GLACIER_IR',
-                   'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE')
+                   'OUTPOSTS', 'SNOW', 'EXPRESS_ONEZONE', 'NEARLINE', 'COLDLINE', 'ARCHIVE')
+# Google Cloud Storage takes x-amz-storage-class with its own class names (cloud.google.com/storage/docs/
+# aws-simple-migration): S3's names are written as the GCS class of the same access pattern.
+GCS_CLASS_FOR = {'REDUCED_REDUNDANCY': 'STANDARD', 'INTELLIGENT_TIERING': 'STANDARD', 'STANDARD_IA': 'NEARLINE',
+                 'ONEZONE_IA': 'NEARLINE', 'GLACIER_IR': 'COLDLINE', 'GLACIER': 'ARCHIVE', 'DEEP_ARCHIVE': 'ARCHIVE'}
+GCS_ONLY_CLASSES = ('NEARLINE', 'COLDLINE', 'ARCHIVE')
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 CANNED_ACLS = ('private', 'public-read', 'public-read-write', 'authenticated-read', 'aws-exec-read',
                'bucket-owner-read', 'bucket-owner-full-control')
@@ -299,7 +304,10 @@ OPTIONS: Tuple[Option, ...] = (
            'flight at 1,280/s x the round trip (at least 32), and both double while that raises '
            'throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from'
            ' the start'),
-    Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES), 'storage class of the new objects'),
+    Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES),
+           "storage class of the new objects (S3's names; on Google Cloud Storage also NEARLINE, COLDLINE, ARCHIVE, and "
+           "S3's are written as GCS's: STANDARD_IA as NEARLINE, GLACIER_IR as COLDLINE, GLACIER and DEEP_ARCHIVE as "
+           'ARCHIVE)'),
     Option('Advanced', 'ifVerifyMD5', 'False', _bool,
            're-read resumed parts from the source so the whole object is verified'),
     Option('Advanced', 'DontAskMeToClean', 'True', _bool,
@@ -359,7 +367,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Cluster', 'SsmEndpointURL', '', _endpoint, 'SSM endpoint (empty = AWS)'),
     Option('Cluster', 'CredentialsParameter', '', _word,
            "SSM SecureString with the other side's keys as JSON {aws_access_key_id, "
-           'aws_secret_access_key, region}; /aws/reference/secretsmanager/NAME reads Secrets Manager'),
+           'aws_secret_access_key, region}, or both sides\' as {"source": {...}, "destination": {...}}; '
+           '/aws/reference/secretsmanager/NAME reads Secrets Manager; projects/P/secrets/S a GCP Secret Manager '
+           'secret (on GCE)'),
+    Option('Cluster', 'SecretManagerEndpointURL', '', _endpoint,
+           'GCP Secret Manager endpoint for a CredentialsParameter of projects/P/secrets/S (empty = Google\'s)'),
     Option('Cluster', 'CredentialsFor', 'Des', _choice('Src', 'Des'),
            'the side CredentialsParameter is for: Src | Des'),
     Option('Cluster', 'JobTimeout', '43200', _int_range(1, 10 ** 7, ' of seconds'),
@@ -475,6 +487,7 @@ class Config:
     SsmEndpointURL: Optional[str]
     CredentialsParameter: str
     CredentialsFor: str
+    SecretManagerEndpointURL: Optional[str]
     JobTimeout: int
     VisibilityTimeout: int
     PollSeconds: int
@@ -2297,6 +2310,18 @@ class WriteOptions:
                    config.RequestPayer == 'requester', Checksum(config.ChecksumAlgorithm) if named else None,
                    config.ChecksumAlgorithm == 'auto' and Checksum.available())
 
+    def on_store(self, gcs: bool, where: str) -> 'WriteOptions':
+        """These options as the store names them: S3's storage classes written as GCS's on Google Cloud Storage;
+        ConfigError for a GCS class anywhere else."""
+        if gcs and self.storage_class in GCS_CLASS_FOR:
+            logger.info('StorageClass %s is written as %s on Google Cloud Storage', self.storage_class,
+                        GCS_CLASS_FOR[self.storage_class])
+            return dataclasses.replace(self, storage_class=GCS_CLASS_FOR[self.storage_class])
+        if not gcs and self.storage_class in GCS_ONLY_CLASSES:
+            raise ConfigError(f'StorageClass = {self.storage_class} is a Google Cloud Storage class and {where} is not '
+                              'on GCS: use one of S3\'s (STANDARD_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE, ...)')
+        return self
+
     def args(self) -> Dict[str, Any]:
         """Arguments every new object gets (PutObject, CreateMultipartUpload, CopyObject)."""
         args: Dict[str, Any] = {}
@@ -2379,6 +2404,7 @@ class Destination:
         self.probe_abort: Optional[Future] = None
         self.round_trip: Optional[float] = None     # seconds the write check's quickest request took
         self.meter = Meter()
+        self.gcs = 'storage.googleapis.com' in (client.meta.endpoint_url or '')   # Google Cloud Storage (XML API)
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -2397,8 +2423,17 @@ class Destination:
         loading = in_background(self.load_upload_index, False) if index else None
         self.first_page = check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer,
                                        self.page_size)
+        self.learn_store(self.first_page)
         if loading and loading.exception():
             self._load_index_after(loading.exception())
+
+    def learn_store(self, answer: Dict[str, Any]) -> None:
+        """Whether an answer of the destination shows Google Cloud Storage (it sends x-goog-* headers, e.g.
+        x-goog-generation, cloud.google.com/storage/docs/xml-api/reference-headers), and the write options
+        as that store names them."""
+        headers = answer.get('ResponseMetadata', {}).get('HTTPHeaders', {}) if answer else {}
+        self.gcs = self.gcs or any(name.lower().startswith('x-goog-') for name in headers)
+        self.options = self.options.on_store(self.gcs, self.describe())
 
     def _load_index_after(self, error: BaseException) -> None:
         """Load the upload index again, once; without it every multipart file lists its own key's uploads."""

@@ -160,8 +160,8 @@ def load_config(path: str, overrides: Dict[str, str], environ: Dict[str, str]) -
     return Config.load(path, overrides, environ, ORIGINAL)
 
 
-def _service_client(config: Config, service: str, endpoint: Optional[str]) -> Any:
-    """An SQS / DynamoDB / SSM client of the cluster's profile and region."""
+def _service_client(config: Config, service: str, endpoint: Optional[str], attempts: int = 10) -> Any:
+    """An SQS / DynamoDB / SSM / CloudWatch client of the cluster's profile and region."""
     import botocore.config
     import botocore.exceptions
     import botocore.session
@@ -170,9 +170,9 @@ def _service_client(config: Config, service: str, endpoint: Optional[str]) -> An
         region = config.ClusterRegion or session.get_config_variable('region') or 'us-east-1'
         return session.create_client(service, endpoint_url=endpoint, region_name=region,
                                      config=botocore.config.Config(retries={'mode': config.RetryMode,
-                                                                            'max_attempts': 10},
+                                                                            'max_attempts': attempts},
                                                                    max_pool_connections=config.MaxParallelFile + 8,
-                                                                   connect_timeout=10, read_timeout=60))
+                                                                   connect_timeout=min(10, attempts), read_timeout=60))
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f'AWS profile {config.ClusterProfileName!r} (ClusterProfileName) not found: create it '
                           'or fix the name') from None
@@ -184,28 +184,54 @@ def _cluster_error(what: str, error: BaseException) -> ConfigError:
     return ConfigError(f'{what}: {describe_error(error)}: check [Cluster] in the config and the credentials')
 
 
-def parameter_credentials(ssm: Any, name: str) -> Tuple[Any, str]:
-    """Keys kept in an SSM SecureString (JSON {aws_access_key_id, aws_secret_access_key, region}) as
-    botocore credentials read again every 45 minutes (rotated keys are picked up); and the region."""
+def gcp_secret(name: str, endpoint: Optional[str]) -> str:
+    """A GCP Secret Manager secret (projects/P/secrets/S[/versions/V]) read over its REST API with the token of
+    the GCE instance's service account, from the metadata server (GCE_METADATA_HOST, as Google's libraries
+    read it): no Google library needed."""
+    import base64
+    import urllib.request
+    host = os.environ.get('GCE_METADATA_HOST', 'metadata.google.internal')
+    asked = urllib.request.Request(f'http://{host}/computeMetadata/v1/instance/service-accounts/default/token',
+                                   headers={'Metadata-Flavor': 'Google'})
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        token = json.load(answer)['access_token']
+    version = name if '/versions/' in name else name + '/versions/latest'
+    asked = urllib.request.Request(f'{endpoint or "https://secretmanager.googleapis.com"}/v1/{version}:access',
+                                   headers={'Authorization': f'Bearer {token}'})
+    with urllib.request.urlopen(asked, timeout=30) as answer:
+        return base64.b64decode(json.load(answer)['payload']['data']).decode('utf-8')
+
+
+def secret_credentials(read: Callable[[], str], what: str, side: str) -> Dict[str, Tuple[Any, str]]:
+    """The keys a secret holds, by side ('Src' / 'Des'), as botocore credentials read again every 45 minutes
+    (rotated keys are picked up), with each side's region: JSON {aws_access_key_id, aws_secret_access_key,
+    region} for `side`, or 3GSync's {"source": {...}, "destination": {...}} for both."""
     import datetime
     from botocore.credentials import RefreshableCredentials
 
-    def fetch() -> Dict[str, Any]:
-        value = ssm.get_parameter(Name=name, WithDecryption=True)['Parameter']['Value']
-        keys = json.loads(value)
+    def by_side() -> Dict[str, Dict[str, str]]:
+        data = json.loads(read())
+        if 'source' in data or 'destination' in data:
+            return {name: data[key] for name, key in (('Src', 'source'), ('Des', 'destination')) if key in data}
+        return {side: data}
+
+    def metadata(keys: Dict[str, str]) -> Dict[str, Any]:
         SecretFilter.add(keys['aws_access_key_id'], keys['aws_secret_access_key'], keys.get('aws_session_token'))
         expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
         return {'access_key': keys['aws_access_key_id'], 'secret_key': keys['aws_secret_access_key'],
-                'token': keys.get('aws_session_token'), 'expiry_time': expiry.isoformat(), 'region': keys.get('region', '')}
+                'token': keys.get('aws_session_token'), 'expiry_time': expiry.isoformat()}
 
     try:
-        first = fetch()
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f'SSM parameter {name} (CredentialsParameter) must hold JSON with aws_access_key_id and '
-                          'aws_secret_access_key') from None
+        first = by_side()
+        sides = {name: (RefreshableCredentials.create_from_metadata(
+            metadata(keys), lambda name=name: metadata(by_side()[name]), 'secret'), str(keys.get('region', '')))
+            for name, keys in first.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConfigError(f'{what} must hold JSON with aws_access_key_id and aws_secret_access_key (or 3GSync\'s '
+                          '{"source": {...}, "destination": {...}})') from None
     except Exception as error:  # noqa: BLE001 - one line for the user
-        raise _cluster_error(f'cannot read SSM parameter {name} (CredentialsParameter)', error) from None
-    return RefreshableCredentials.create_from_metadata(first, fetch, 'ssm-parameter'), first['region']
+        raise _cluster_error(f'cannot read {what}', error) from None
+    return sides
 
 
 def _attribute(value: Any) -> Dict[str, str]:
@@ -469,21 +495,28 @@ class Cluster:
             # A lease ends a second before its message can be received again (the heartbeat renews the
             # lease after hiding the message): the next worker to receive it finds the object free, not busy.
             self.status = StatusTable(self.service('dynamodb'), config.StatusTable, owner, config.VisibilityTimeout - 1)
-        self.credentials, self.credentials_region = None, ''
+        self.credentials: Dict[str, Tuple[Any, str]] = {}      # side -> (keys, region), from a secret
+        name = config.CredentialsParameter
         if keys:          # the serverless seed's aws_access_key_id / aws_secret_access_key
             import botocore.credentials
             SecretFilter.add(*keys)
-            self.credentials = botocore.credentials.Credentials(*keys)
-        elif config.CredentialsParameter:
-            self.credentials, self.credentials_region = parameter_credentials(self.service('ssm'),
-                                                                              config.CredentialsParameter)
+            self.credentials = {config.CredentialsFor: (botocore.credentials.Credentials(*keys), '')}
+        elif name.startswith('projects/'):         # 3GSync's GET mode: a GCP Secret Manager secret, on GCE
+            self.credentials = secret_credentials(lambda: gcp_secret(name, config.SecretManagerEndpointURL),
+                                                  f'GCP secret {name} (CredentialsParameter)', config.CredentialsFor)
+        elif name:
+            ssm = self.service('ssm')
+            self.credentials = secret_credentials(
+                lambda: ssm.get_parameter(Name=name, WithDecryption=True)['Parameter']['Value'],
+                f'SSM parameter {name} (CredentialsParameter)', config.CredentialsFor)
 
     def service(self, name: str) -> Any:
         """The client of one AWS service of the cluster (sqs, dynamodb, ssm, cloudwatch), made once."""
         if name not in self.clients:
             endpoint = {'sqs': self.config.SqsEndpointURL, 'dynamodb': self.config.DynamoDBEndpointURL,
                         'ssm': self.config.SsmEndpointURL, 'cloudwatch': self.config.CloudWatchEndpointURL}[name]
-            self.clients[name] = _service_client(self.config, name, endpoint)
+            # metrics are worth no wait: what cannot be sent goes with the next minute's
+            self.clients[name] = _service_client(self.config, name, endpoint, 2 if name == 'cloudwatch' else 10)
         return self.clients[name]
 
     def _queue_url(self, url_or_name: str) -> str:
@@ -512,8 +545,8 @@ class Cluster:
 
     def s3(self, side: str, pool: int) -> Any:
         """The S3 client of one side; its keys from CredentialsParameter when that names this side."""
-        if self.credentials is not None and side == self.config.CredentialsFor:
-            return client_for(self.config, side, pool, self.credentials, self.credentials_region)
+        if side in self.credentials:
+            return client_for(self.config, side, pool, *self.credentials[side])
         return client_for(self.config, side, pool)
 
     def journal(self) -> Any:
@@ -768,6 +801,7 @@ class Worker:
                                           config.ListPageSize, self.retrier)
                 server_side = (not config.CredentialsParameter and
                                server_side_possible(config, self.clients['Src'], self.clients['Des']))
+                destination.learn_store(check_bucket(self.clients['Des'], job.des_bucket, '', 'destination'))
                 self.engines[pair] = Engine(config, source, destination, self.journal, self.retrier, self.progress,
                                             None, server_side)
             return self.engines[pair]

@@ -36,6 +36,7 @@ SOURCE_KEY, SOURCE_SECRET = 'SWSOURCEKEY000000003', 'seaweed/source/secret/key/0
 ISOLATED_KEY, ISOLATED_SECRET = 'SWISOLATEDKEY0000007', 'seaweed/isolated/secret/key/0000000000007'
 ISOLATED_BUCKET = 'isolated-dest'      # the only bucket the 'seaweed_isolated' profile may touch
 MOTO_KEY, MOTO_SECRET = 'MOTOACCESSKEY0000004', 'moto/secret/key/00000000000000000000004'
+GCS_KEY, GCS_SECRET = 'GOOG1EGCSHMACKEY0000000000000009', 'gcs/hmac/secret/000000000000000000009'   # tests/gcs_front.py
 RCLONE_KEY, RCLONE_SECRET = 'RCLONEACCESSKEY00005', 'rclone/secret/key/0000000000000000000005'
 SESSION_TOKEN = 'FwoGZXIvYXdzEXAMPLESESSIONTOKEN0000000000000000000000000000000000000008'
 MiB = 1024 * 1024
@@ -218,6 +219,17 @@ def proxy(seaweed) -> Iterator[object]:
     fault_proxy.stop()
 
 
+@pytest.fixture
+def gcs(seaweed) -> Iterator[object]:
+    """A Google Cloud Storage XML API front (tests/gcs_front.py) over SeaweedFS, with one bucket of its own."""
+    from gcs_front import GcsFront
+    bucket = seaweed.bucket('gcs')
+    front = GcsFront(seaweed.endpoint, (ADMIN_KEY, ADMIN_SECRET), GCS_KEY, [bucket])
+    front.bucket = bucket
+    yield front
+    front.stop()
+
+
 @pytest.fixture(params=['seaweedfs', 'moto', 'rclone'])
 def any_server(request) -> S3Server:
     """Each test using this runs once per server, so no single server's quirks are relied on."""
@@ -244,7 +256,7 @@ def aws_files(workspace) -> Dict[str, str]:
     profiles = {
         'seaweed': (ADMIN_KEY, ADMIN_SECRET), 'seaweed_readonly': (READONLY_KEY, READONLY_SECRET),
         'seaweed_source': (SOURCE_KEY, SOURCE_SECRET), 'seaweed_isolated': (ISOLATED_KEY, ISOLATED_SECRET),
-        'moto': (MOTO_KEY, MOTO_SECRET),
+        'moto': (MOTO_KEY, MOTO_SECRET), 'gcs': (GCS_KEY, GCS_SECRET),
         'rclone': (RCLONE_KEY, RCLONE_SECRET), 'wrong_keys': ('WRONGACCESSKEY000000', 'wrong/secret/key/0000'),
     }
     credentials = folder / 'credentials'
@@ -428,7 +440,8 @@ class Stack:
                 'S3Prefix': 'copy', 'SqsQueueUrl': self.queue_url, 'StatusTable': self.table,
                 'ClusterProfileName': self.moto.profile, 'ClusterRegion': 'us-east-1',
                 'SqsEndpointURL': self.moto.endpoint, 'DynamoDBEndpointURL': self.moto.endpoint,
-                'SsmEndpointURL': self.moto.endpoint, 'CredentialsParameter': self.parameter, 'CredentialsFor': 'Src',
+                'SsmEndpointURL': self.moto.endpoint, 'CloudWatchEndpointURL': self.moto.endpoint,
+                'CredentialsParameter': self.parameter, 'CredentialsFor': 'Src',
                 'VisibilityTimeout': 6, 'PollSeconds': 1, **SMALL_PARTS, 'LogDir': self.tool.folder / 'log', **more}
 
     def command(self, subcommand: str, *extra: str, name: str = 'cluster.ini', **more) -> list:

@@ -392,6 +392,7 @@ SrcEndPointURL = {stack.seaweed.endpoint}
 SqsEndpointURL = {stack.moto.endpoint}
 DynamoDBEndpointURL = {stack.moto.endpoint}
 SsmEndpointURL = {stack.moto.endpoint}
+CloudWatchEndpointURL = {stack.moto.endpoint}
 ClusterProfileName = {stack.moto.profile}
 ClusterRegion = us-east-1
 PollSeconds = 1
