@@ -1346,14 +1346,15 @@ class CrtLane:
 
 
 def client_for(config: Config, side: str, pool_size: int, credentials: Any = None, region: str = '',
-               loader: Any = None) -> Any:
+               loader: Any = None, lane: bool = True) -> Any:
     """The S3 client of the source ('Src') or destination ('Des') side of a job; credentials (and their
-    region, unless the side names one) given here replace the side's profile."""
+    region, unless the side names one) given here replace the side's profile; lane=False: no CRT lane (a
+    short job: it would cost more to start than it saves)."""
     return make_client('' if credentials is not None else getattr(config, f'{side}ProfileName'),
                        getattr(config, f'{side}EndPointURL'), getattr(config, f'{side}Region') or region, pool_size,
                        'source' if side == 'Src' else 'destination', config.RetryMode,
                        config.AddressingStyle, config.SignatureVersion, config.VerifyTLS, config.RequestTimeout,
-                       credentials, lane=config.UseCRT == 'auto', loader=loader)
+                       credentials, lane=lane and config.UseCRT == 'auto', loader=loader)
 
 
 def check_bucket(client: Any, bucket: str, prefix: str, role: str, extra: Optional[Dict[str, str]] = None,
@@ -1666,6 +1667,11 @@ class Source:
         """Every selected object, in S3 key order, streamed."""
         raise NotImplementedError
 
+    def small_job(self, files: int, size: int) -> bool:
+        """Whether the job is at most `files` objects, each below `size` bytes, as far as it is known without a
+        request (a job so short that the first transfers go while the write check runs beside them)."""
+        return False
+
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
         """Bytes of a range, pinned to the listed version of obj (SourceChanged / SourceGone otherwise)."""
         raise NotImplementedError
@@ -1712,6 +1718,12 @@ class LocalSource(Source):
     """Files below a local folder (recursive, in S3 key order) or one file in it."""
 
     reads_locally = True
+
+    def small_job(self, files: int, size: int) -> bool:
+        for number, obj in enumerate(self.objects()):
+            if number >= files or obj.size >= size:
+                return False
+        return True
 
     def __init__(self, root: str, single: str = '*') -> None:
         self.root = os.path.abspath(root)
@@ -2405,6 +2417,10 @@ class Destination:
         self.round_trip: Optional[float] = None     # seconds the write check's quickest request took
         self.meter = Meter()
         self.gcs = 'storage.googleapis.com' in (client.meta.endpoint_url or '')   # Google Cloud Storage (XML API)
+        self.beside: Optional[Future] = None        # the write check, when it goes beside the first transfers
+        self.verdict: Optional[Tuple[str, bool]] = None     # its answer: checksum to send, whether it is verified
+        self.trusted = False                        # that answer came from an earlier run (StoreFacts)
+        self.heads: Dict[str, Future] = {}          # HEADs of a few files' keys, sent beside the check's listing
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -2427,6 +2443,17 @@ class Destination:
         if loading and loading.exception():
             self._load_index_after(loading.exception())
 
+    def ask_heads(self, keys: List[str]) -> None:
+        """Send a HEAD for each key (relative) beside the check's listing: a few files then need no more listing."""
+        pool = ThreadPoolExecutor(max(1, min(32, len(keys))), 'head')
+        self.heads = {key: pool.submit(self.head, self.key_for(key)) for key in keys}
+        pool.shutdown(wait=False)
+
+    @property
+    def heads_pay(self) -> bool:
+        """The HEADs answer the planner in fewer round trips than the listing: it has more than one page."""
+        return bool(self.heads) and bool(self.first_page and self.first_page.get('IsTruncated'))
+
     def learn_store(self, answer: Dict[str, Any]) -> None:
         """Whether an answer of the destination shows Google Cloud Storage (it sends x-goog-* headers, e.g.
         x-goog-generation, cloud.google.com/storage/docs/xml-api/reference-headers), and the write options
@@ -2445,41 +2472,69 @@ class Destination:
 
     PROBE = '.s3_upload-write-check'
 
-    def check_write(self, probe_checksum: bool = True) -> None:
+    def check_write(self, probe_checksum: bool = True, adopt: bool = True) -> None:
         """Start and abort a multipart upload (the abort goes on beside the transfer, see finish_check()): proves
         s3:PutObject and the write options. With a checksum (or auto and probe_checksum), a part sent under
-        a wrong one shows whether the store verifies it. Only after check_listing: some stores create a
-        missing bucket on a write."""
+        a wrong one shows whether the store verifies it: the verdict, which the transfers use when adopt (else
+        only the next runs, through StoreFacts). Only after check_listing: some stores create a missing
+        bucket on a write."""
         import botocore.exceptions
         probe = self.probe_key
         trial = self.options.auto_checksum and probe_checksum and self.checksum is None
-        if trial:
-            self.checksum = Checksum('CRC64NVME')
+        checksum = Checksum('CRC64NVME') if trial else self.checksum
         try:
             started = time.monotonic()
-            upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
+            upload_id = self._retried('CreateMultipartUpload (write check)', self._create, probe, {}, checksum)
             self.round_trip = time.monotonic() - started
         except botocore.exceptions.ClientError as error:
             code = error_code(error)      # no permission is no answer about checksums
             if not trial or code in ('AccessDenied', '403') or code in CREDENTIAL_ERROR_CODES:
                 raise self._write_refused(error) from None
             logger.info('the destination takes no CRC64NVME uploads (%s): Content-MD5 is sent', describe_error(error))
-            self.checksum = None
+            checksum = None
             try:
-                upload_id = self._retried('CreateMultipartUpload (write check)', self.create_upload, probe, {})
+                upload_id = self._retried('CreateMultipartUpload (write check)', self._create, probe, {}, None)
             except botocore.exceptions.ClientError as again:
                 raise self._write_refused(again) from None
+        verified = False
         try:
-            if self.checksum and probe_checksum:
+            if checksum and probe_checksum:
                 started = time.monotonic()
-                self.checksum_verified = self._refuses_wrong_checksum(probe, upload_id)
+                verified = self._refuses_wrong_checksum(probe, upload_id, checksum)
                 self.round_trip = min(self.round_trip or math.inf, time.monotonic() - started)
-                if trial and not self.checksum_verified:
-                    self.checksum = None
+                if trial and not verified:
+                    checksum = None
         finally:
             self.probe_abort = in_background(self._abort_probe, probe, upload_id)
-        logger.debug('destination checksum: %s (the store verifies it: %s)',
-                     self.checksum and self.checksum.algorithm, self.checksum_verified)
+        self.verdict = (checksum.algorithm if checksum else '', verified)
+        if adopt:
+            self.checksum, self.checksum_verified = checksum, verified
+        logger.debug('destination checksum: %s (the store verifies it: %s)', self.verdict[0], verified)
+
+    def check_write_beside(self, probe_checksum: bool, refused: Callable[[], None]) -> None:
+        """check_write while the first transfers go (they send Content-MD5 meanwhile); refused() is called if it
+        refuses the job, and finish_check() raises its ConfigError."""
+        self.beside = in_background(self.check_write, probe_checksum, False)
+        self.beside.add_done_callback(lambda done: refused() if done.exception() else None)
+
+    def refused_beside(self) -> bool:
+        """Whether the write check that went beside the first transfers refused the job (waits for it)."""
+        if self.beside is None:
+            return False
+        try:
+            self.beside.result()
+        except ConfigError:
+            return True
+        return False
+
+    def trust(self, known: Dict[str, Any]) -> None:
+        """Take an earlier run's verdict (StoreFacts) instead of probing."""
+        if known.get('checksum'):
+            self.checksum = Checksum(known['checksum'])
+        self.checksum_verified = bool(known.get('verified')) and self.checksum is not None
+        self.round_trip = known.get('round_trip')
+        self.verdict = (self.checksum.algorithm if self.checksum else '', self.checksum_verified)
+        self.trusted = True
 
     def _abort_probe(self, key: str, upload_id: str) -> None:
         try:
@@ -2488,9 +2543,14 @@ class Destination:
             logger.warning('could not abort the write check upload of %s: %s', key, describe_error(error))
 
     def finish_check(self) -> None:
-        """Wait for the write check's upload to be aborted (it goes on beside the transfer)."""
-        if self.probe_abort:
-            self.probe_abort.result()
+        """Wait for the write check (when it went beside the transfers: ConfigError if it refused the job) and
+        for its upload to be aborted (that goes on beside the transfer)."""
+        try:
+            if self.beside is not None:
+                self.beside.result()
+        finally:
+            if self.probe_abort:
+                self.probe_abort.result()
 
     def _write_refused(self, error: BaseException) -> ConfigError:
         code = error_code(error)
@@ -2503,12 +2563,10 @@ class Destination:
         return ConfigError(f'cannot start an upload in destination bucket {self.bucket!r} with these '
                            f'settings (StorageClass, SSE, ACL, ChecksumAlgorithm): {describe_error(error)}')
 
-    def _refuses_wrong_checksum(self, key: str, upload_id: str) -> bool:
+    def _refuses_wrong_checksum(self, key: str, upload_id: str, checksum: Checksum) -> bool:
         """Whether the store refuses a part whose checksum does not fit its bytes: then a part it accepts
         under our checksum holds our bytes, and no MD5 needs to be computed here."""
         import botocore.exceptions
-        checksum = self.checksum
-        assert checksum is not None
 
         def refused() -> bool:
             try:
@@ -2687,10 +2745,13 @@ class Destination:
         return {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
 
     def create_upload(self, key: str, args: Dict[str, Any]) -> str:
+        return self._create(key, args, self.checksum)
+
+    def _create(self, key: str, args: Dict[str, Any], checksum: Optional[Checksum]) -> str:
         extra = dict(self.options.args(), **args)
-        if self.checksum:
-            extra['ChecksumAlgorithm'] = self.checksum.algorithm
-            if self.checksum.full_object:
+        if checksum:
+            extra['ChecksumAlgorithm'] = checksum.algorithm
+            if checksum.full_object:
                 extra['ChecksumType'] = 'FULL_OBJECT'
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)['UploadId']
 
@@ -2767,6 +2828,50 @@ class Destination:
             bool(response.get('SSECustomerAlgorithm'))
         return Head(response['ContentLength'], response.get('ETag', ''), metadata, reported_checksums(response),
                     not encrypted)
+
+
+class StoreFacts:
+    """What earlier runs learned of each destination (endpoint, bucket and write options): that it takes our
+    writes, the checksum it verifies, its round trip. Kept beside the journal and trusted until contradicted,
+    so a rerun pays no write-check probe."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, encoding='utf-8') as handle:
+                self.facts: Dict[str, Dict[str, Any]] = json.load(handle)
+        except (OSError, ValueError):
+            self.facts = {}
+
+    @staticmethod
+    def name(destination: Destination, probe_checksum: bool) -> str:
+        options = destination.options
+        return json.dumps([destination.endpoint, destination.bucket, options.args(), options.auto_checksum,
+                           options.checksum.algorithm if options.checksum else '', probe_checksum])
+
+    def known(self, destination: Destination, probe_checksum: bool) -> Optional[Dict[str, Any]]:
+        return self.facts.get(self.name(destination, probe_checksum))
+
+    def learn(self, destination: Destination, probe_checksum: bool) -> None:
+        """Keep what the write check found (nothing if it found nothing new)."""
+        if destination.verdict is None or destination.trusted:
+            return
+        self.facts[self.name(destination, probe_checksum)] = {
+            'checksum': destination.verdict[0], 'verified': destination.verdict[1],
+            'round_trip': destination.round_trip, 'learned': time.time()}
+        self._save()
+
+    def forget(self, destination: Destination, probe_checksum: bool) -> None:
+        if self.facts.pop(self.name(destination, probe_checksum), None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            with _private_open(self.path + '.tmp') as handle:
+                json.dump(self.facts, handle)
+            os.replace(self.path + '.tmp', self.path)
+        except OSError as error:         # only a probe the next run pays again
+            logger.debug('cannot keep what was learned of the stores in %s: %s', self.path, error)
 
 
 ###############################################################################
@@ -2896,11 +3001,25 @@ class DestinationIndex:
         return None
 
 
+class HeadIndex:
+    """For a job of a few files whose destination folder does not fit one listing page: each key asked by HEAD,
+    all at once (the HEADs were sent beside the check's listing), instead of paging through the folder."""
+
+    def __init__(self, destination: Destination, answers: Dict[str, Future]) -> None:
+        self.destination = destination
+        self.answers = answers
+
+    def lookup(self, key: str) -> Optional[Tuple[int, str]]:
+        answer = self.answers.get(key)
+        head = answer.result() if answer else self.destination.head(self.destination.key_for(key))
+        return (head.size, head.etag) if head is not None else None
+
+
 def plan(source_objects: Iterable[SourceObject], destination: Destination, filters: Optional[Filters] = None,
          match_name: Callable[[SourceObject], str] = lambda obj: obj.location, compare: str = 'size',
-         index: Optional[DestinationIndex] = None) -> Iterator[Task]:
+         index: Optional[Any] = None) -> Iterator[Task]:
     """Decide, object by object as the listing streams, what to send and what is already there."""
-    index = index or DestinationIndex(destination)
+    index = index or (HeadIndex(destination, destination.heads) if destination.heads_pay else DestinationIndex(destination))
     for obj in source_objects:
         key = destination.key_for(obj.key)
         excluded = filters.excluded(obj.key, match_name(obj)) if filters else ''
@@ -3577,6 +3696,8 @@ class FileTransfer:
                 self.engine.halt(f'the store {what} mid-run ({describe_error(error)}): fix that and run the same '
                                  'command again to resume')
                 raise Stopped() from None
+            if code in ('AccessDenied', '403') and self.destination.refused_beside():
+                raise Stopped() from None        # the write check refused the job: said once, by the run
             message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
             logger.error('FAILED %s: %s', task.key, message)
             logger.debug('failure detail for %s', task.key, exc_info=True)
@@ -4790,16 +4911,28 @@ def server_side_possible(config: Config, source_client: Any, destination_client:
             source_client.meta.partition == destination_client.meta.partition)
 
 
-def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tuple[Source, Destination, bool]:
-    """Source and destination of a job, checked before anything is transferred, and whether the
-    source can be copied server-side (same endpoint and partition)."""
+SMALL_JOB_FILES = 256     # a job of at most this many small files starts while the write check runs beside it
+HEAD_FILES = 32           # ... and with at most this many, their keys are asked by HEAD beside the listing
+
+
+def open_job(config: Config, retrier: Retrier, write_check: bool = True,
+             facts: Optional[StoreFacts] = None) -> Tuple[Source, Destination, bool]:
+    """Source and destination of a job, checked (the write check: from what an earlier run learned of the
+    destination, beside the first transfers of a small job, else before anything is transferred), and
+    whether the source can be copied server-side (same endpoint and partition)."""
     pool = config.MaxParallelFile + part_workers(config) + 4
-    des_client = client_for(config, 'Des', pool)
+    small = False
+    if config.JobType == 'LOCAL_TO_S3':       # known without a request: a small job needs no upload index, no
+        source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)     # CRT lane, and a few files HEADs
+        source.check()
+        small = write_check and source.small_job(SMALL_JOB_FILES, config.threshold_bytes)
+    des_client = client_for(config, 'Des', pool, lane=not small)
     destination = Destination(des_client, config.DesBucket, config.S3Prefix, WriteOptions.from_config(config),
                               config.ListPageSize, retrier)
     server_side = False
     if config.JobType == 'LOCAL_TO_S3':
-        source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)
+        if small and source.small_job(HEAD_FILES, config.threshold_bytes):
+            destination.ask_heads([obj.key for obj in source.objects()])
     elif config.JobType == 'S3_TO_S3':
         src_client = client_for(config, 'Src', pool, loader=des_client.data_loader)
         source = S3Source(src_client, config.SrcBucket, config.SrcPrefix, config.SrcFileIndex, config.ListPageSize,
@@ -4807,10 +4940,18 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True) -> Tupl
         server_side = server_side_possible(config, src_client, des_client)
     else:
         source = OssSource.from_config(config, retrier)
-    listing = in_background(destination.check_listing, write_check)     # both ends at once: they only read
-    source.check()                  # a source error is reported first, without waiting for the destination
+    listing = in_background(destination.check_listing, write_check and not small)   # both ends at once: they read
+    if not source.reads_locally:
+        source.check()              # a source error is reported first, without waiting for the destination
     listing.result()
-    if write_check:
+    if not write_check:
+        return source, destination, server_side
+    known = facts.known(destination, not server_side) if facts else None
+    if known:
+        destination.trust(known)
+    elif small:
+        destination.check_write_beside(not server_side, retrier.stop.set)
+    else:
         destination.check_write(probe_checksum=not server_side)
     return source, destination, server_side
 
@@ -4857,7 +4998,8 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     report. ConfigError on bad input; accepted() is called once the checks passed, before anything is sent."""
     retrier = Retrier(config.MaxRetry, stop or threading.Event())
     filters = Filters.from_config(config, rules)
-    source, destination, server_side = open_job(config, retrier, write_check=not dry_run and not check)
+    facts = StoreFacts(os.path.join(config.LogDir, 's3_upload-stores.json'))
+    source, destination, server_side = open_job(config, retrier, not dry_run and not check, facts)
     progress = progress or Progress()
     progress.source, progress.destination = source.describe(), destination.describe()
     if check:
@@ -4889,8 +5031,32 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
             engine.run()
     finally:
         gc.unfreeze()   # (nothing to do if the run failed before the freeze)
-        destination.finish_check()
-    return Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
+        try:
+            destination.finish_check()
+        except ConfigError as refused:
+            raise _written_before(refused, progress) from None
+    report = Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
+    probe_checksum = not server_side
+    if destination.trusted and _writes_refused(report):
+        facts.forget(destination, probe_checksum)      # contradicted: the next run checks again
+        raise _written_before(ConfigError(f'the destination {destination.describe()} refuses our writes now (it '
+                                          'took them before): check the credentials\' s3:PutObject permission '
+                                          'and the bucket policy'), progress)
+    facts.learn(destination, probe_checksum)
+    return report
+
+
+def _writes_refused(report: Report) -> bool:
+    """Every failure of the run is a refused write: the destination no longer takes ours."""
+    return bool(report.failures) and all('AccessDenied' in failure['error'] or '403' in failure['error']
+                                         for failure in report.failures)
+
+
+def _written_before(refusal: ConfigError, progress: Progress) -> ConfigError:
+    """A refusal that came when the first transfers had gone: say what they left (valid copies)."""
+    written = progress.files_transferred
+    return ConfigError(f'{refusal}' + (f' ({written} file(s) written before the refusal are complete, verified '
+                                       'copies)' if written else ''))
 
 
 def compare_job(config: Config, source: Source, destination: Destination, filters: Filters, retrier: Retrier,

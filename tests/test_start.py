@@ -1,0 +1,88 @@
+"""Starting like a native tool: a short job's first data request leaves one round trip after the S3 client
+exists. The write check goes beside the first transfers of a small job (and still refuses it in one line,
+exit 2), what a run learned of a store is remembered beside the journal and trusted until contradicted, and a
+few files are asked by HEAD instead of paging through a large destination folder. Each request is held
+0.3 s by the fault proxy: a stand-in for a long link's round trip."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import dest_settings, write_tree
+
+ROUND_TRIP = 0.3
+
+
+def requests_of(proxy) -> list:
+    """(seconds after the first request, method, target) of every request the proxy saw."""
+    first = proxy.arrivals[0]
+    return [(at - first, method, target) for at, (method, target, _agent) in zip(proxy.arrivals, proxy.agents)]
+
+
+def data_request_at(proxy, key: str) -> float:
+    return next(at for at, method, target in requests_of(proxy) if method == 'PUT' and target.split('?')[0].endswith(key))
+
+
+def one_file_job(seaweed, proxy, tmp_path, bucket: str, **more) -> dict:
+    folder = write_tree(tmp_path / 'src', {'one.txt': b'x' * 1024})
+    return {**dest_settings(seaweed, bucket, SrcDir=folder), 'DesEndPointURL': proxy.endpoint, **more}
+
+
+def test_a_one_file_job_sends_its_data_one_round_trip_after_it_starts_and_a_rerun_pays_no_probe(seaweed, proxy, tool,
+                                                                                            tmp_path):
+    bucket = seaweed.bucket()
+    proxy.add('delay', seconds=ROUND_TRIP, times=-1)
+    settings = one_file_job(seaweed, proxy, tmp_path, bucket)
+    first = tool.run(settings)
+    assert first.code == 0, first.stderr
+    assert data_request_at(proxy, '/one.txt') < 1.5 * ROUND_TRIP               # not after the write check's probe
+    assert any(method == 'POST' and 'write-check' in target for _, method, target in requests_of(proxy))
+    facts = json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())
+    assert len(facts) == 1
+    (tmp_path / 'src' / 'one.txt').write_bytes(b'y' * 2048)
+    proxy.agents.clear()
+    proxy.arrivals.clear()
+    again = tool.run(settings)
+    assert again.code == 0, again.stderr
+    assert data_request_at(proxy, '/one.txt') < 1.5 * ROUND_TRIP
+    assert not any('write-check' in target for _, _, target in requests_of(proxy))   # remembered, not probed
+    assert seaweed.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'y' * 2048
+
+
+def test_a_write_check_beside_the_first_transfers_still_refuses_the_job_in_one_line(seaweed, proxy, tool, tmp_path):
+    bucket = seaweed.bucket()
+    ran = tool.run(one_file_job(seaweed, proxy, tmp_path, bucket, DesProfileName='seaweed_readonly'))
+    assert ran.code == 2, ran.stderr
+    errors = [line for line in ran.stderr.splitlines() if 'error' in line.lower()]
+    assert len(errors) == 1 and 'write' in errors[0] and 'Traceback' not in ran.stderr
+    assert not seaweed.client().list_objects_v2(Bucket=bucket).get('Contents')
+    assert not (tool.folder / 'log' / 's3_upload-stores.json').exists()        # nothing learned from a refusal
+
+
+def test_what_was_learned_is_checked_again_once_contradicted(seaweed, proxy, tool, tmp_path):
+    bucket = seaweed.bucket()
+    settings = one_file_job(seaweed, proxy, tmp_path, bucket)
+    assert tool.run(settings).code == 0
+    (tmp_path / 'src' / 'one.txt').write_bytes(b'z' * 10)
+    refused = tool.run({**settings, 'DesProfileName': 'seaweed_readonly'})   # the same store, no longer writable
+    assert refused.code == 2 and 'refuses our writes now' in refused.stderr, refused.stderr
+    assert json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text()) == {}
+    proxy.agents.clear()
+    proxy.arrivals.clear()
+    assert tool.run(settings).code == 0
+    assert any('write-check' in target for _, _, target in requests_of(proxy))       # probed again
+
+
+def test_a_few_files_ask_head_instead_of_paging_through_a_large_destination_folder(seaweed, proxy, tool, tmp_path):
+    bucket = seaweed.bucket()
+    client = seaweed.client()
+    for number in range(30):
+        client.put_object(Bucket=bucket, Key=f'a{number:03}.txt', Body=b'old')
+    client.put_object(Bucket=bucket, Key='zz-same.txt', Body=b's' * 100)
+    folder = write_tree(tmp_path / 'src', {'zz-new.txt': b'n' * 100, 'zz-same.txt': b's' * 100})
+    ran = tool.run({**dest_settings(seaweed, bucket, SrcDir=folder, ListPageSize=5), 'DesEndPointURL': proxy.endpoint})
+    assert ran.code == 0, ran.stderr
+    seen = requests_of(proxy)
+    assert not any('continuation-token' in target for _, _, target in seen)      # one listing page, no more
+    assert {target for _, method, target in seen if method == 'HEAD'} >= {f'/{bucket}/zz-new.txt', f'/{bucket}/zz-same.txt'}
+    assert ran.report['files_transferred'] == 1 and ran.report['files_skipped'] == 1
