@@ -54,13 +54,11 @@ import configparser
 import contextlib
 import dataclasses
 import datetime
-import difflib
 import email.utils
 import errno
 import fnmatch
 import gc
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -411,6 +409,7 @@ SECTIONS = tuple(dict.fromkeys(option.section for option in OPTIONS))
 def _closest(word: str, candidates: Iterable[str]) -> str:
     """The candidate word was most likely meant to be (case-insensitive), or ''."""
     candidates = list(candidates)
+    import difflib      # only for a misspelt key
     close = difflib.get_close_matches(word.lower(), [c.lower() for c in candidates], n=1, cutoff=0.6)
     return next(c for c in candidates if c.lower() == close[0]) if close else ''
 
@@ -1138,6 +1137,7 @@ class CrtLane:
         # whatever the override: on a long link each small PUT holds its connection for a round trip.
         tuning = {'max_active_connections_override': pool_size, 'throughput_target_gbps': pool_size * 0.4,
                   'connect_timeout_ms': min(10, timeout) * 1000}
+        import inspect
         accepted = inspect.signature(awscrt.s3.S3Client.__init__).parameters      # awscrt versions differ
         loops = awscrt.io.EventLoopGroup()
         self.s3 = awscrt.s3.S3Client(
@@ -1667,9 +1667,9 @@ class Source:
         """Every selected object, in S3 key order, streamed."""
         raise NotImplementedError
 
-    def small_job(self, files: int, size: int) -> bool:
-        """Whether the job is at most `files` objects, each below `size` bytes, as far as it is known without a
-        request (a job so short that the first transfers go while the write check runs beside them)."""
+    def small_job(self, files: int, size: int, total: int) -> bool:
+        """Whether the job is at most `files` objects, each below `size` bytes, `total` bytes in all, as far as
+        it is known without a request (a job so short that its first transfers go beside the write check)."""
         return False
 
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
@@ -1719,9 +1719,10 @@ class LocalSource(Source):
 
     reads_locally = True
 
-    def small_job(self, files: int, size: int) -> bool:
+    def small_job(self, files: int, size: int, total: int) -> bool:
         for number, obj in enumerate(self.objects()):
-            if number >= files or obj.size >= size:
+            total -= obj.size
+            if number >= files or obj.size >= size or total < 0:
                 return False
         return True
 
@@ -4911,8 +4912,9 @@ def server_side_possible(config: Config, source_client: Any, destination_client:
             source_client.meta.partition == destination_client.meta.partition)
 
 
-SMALL_JOB_FILES = 256     # a job of at most this many small files starts while the write check runs beside it
-HEAD_FILES = 32           # ... and with at most this many, their keys are asked by HEAD beside the listing
+# A job of at most this many files and bytes, none multipart, starts while the write check runs beside it
+# (sending Content-MD5 meanwhile); with at most HEAD_FILES, their keys are asked by HEAD beside the listing.
+SMALL_JOB_FILES, SMALL_JOB_BYTES, HEAD_FILES = 2000, 256 * MiB, 32
 
 
 def open_job(config: Config, retrier: Retrier, write_check: bool = True,
@@ -4925,13 +4927,13 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
     if config.JobType == 'LOCAL_TO_S3':       # known without a request: a small job needs no upload index, no
         source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)     # CRT lane, and a few files HEADs
         source.check()
-        small = write_check and source.small_job(SMALL_JOB_FILES, config.threshold_bytes)
+        small = write_check and source.small_job(SMALL_JOB_FILES, config.threshold_bytes, SMALL_JOB_BYTES)
     des_client = client_for(config, 'Des', pool, lane=not small)
     destination = Destination(des_client, config.DesBucket, config.S3Prefix, WriteOptions.from_config(config),
                               config.ListPageSize, retrier)
     server_side = False
     if config.JobType == 'LOCAL_TO_S3':
-        if small and source.small_job(HEAD_FILES, config.threshold_bytes):
+        if small and source.small_job(HEAD_FILES, config.threshold_bytes, SMALL_JOB_BYTES):
             destination.ask_heads([obj.key for obj in source.objects()])
     elif config.JobType == 'S3_TO_S3':
         src_client = client_for(config, 'Src', pool, loader=des_client.data_loader)

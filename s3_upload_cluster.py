@@ -381,7 +381,7 @@ class StatusTable:
         return str((self.get(name) or {}).get('worker', 'another process'))
 
     def end_turn(self, name: str) -> None:
-        self._update(name, 'REMOVE #l', '#w = :me', {':me': self.owner})
+        self._update(name, 'SET #l = :over', '#w = :me', {':me': self.owner, ':over': 0})
 
     def noted(self, name: str) -> str:
         item = self.get(name)

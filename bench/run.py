@@ -196,6 +196,10 @@ DATASETS = {
     'f': [(f't/{i // 1000}/{i:04d}.txt', 4096) for i in range(5000)],
     'g': [(f'mid/{i:02d}.bin', 20 * MiB) for i in range(40)],
     'h': [(f'mid48/{i:02d}.bin', 48 * MiB) for i in range(16)],
+    # short jobs, where starting fast is what counts: one small file, a few hundred, a thousand tiny ones
+    'o': [('one/file.txt', 1024)],
+    's': [(f's/{i:03d}.dat', 256 * 1024) for i in range(300)],
+    't': [(f't16/{i:04d}.txt', 16 * 1024) for i in range(1000)],
 }
 
 
@@ -519,7 +523,7 @@ def version() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f; also g, h)')
+    parser.add_argument('--sets', default='a,b,c,d,e,f', help='data sets to run (a,b,c,d,e,f; also g, h, o, s, t)')
     parser.add_argument('--servers', default='rclone,seaweedfs', help='rclone and/or seaweedfs')
     parser.add_argument('--tools', default='s3_upload,' + ','.join(PEERS))
     parser.add_argument('--repeat', type=int, default=2,

@@ -474,7 +474,7 @@ class Stack:
         for page in self.dynamodb.get_paginator('scan').paginate(TableName=self.table):
             for item in page['Items']:
                 name = item['object']['S']
-                if not name.startswith('upload#'):
+                if not name.startswith(('upload#', 'jobsender#')):
                     out[name] = {k: v.get('S', v.get('N')) for k, v in item.items()}
         return out
 
