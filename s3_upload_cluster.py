@@ -801,7 +801,8 @@ class Worker:
                                           config.ListPageSize, self.retrier)
                 server_side = (not config.CredentialsParameter and
                                server_side_possible(config, self.clients['Src'], self.clients['Des']))
-                destination.learn_store(check_bucket(self.clients['Des'], job.des_bucket, '', 'destination'))
+                if config.StorageClass != 'STANDARD':   # named as the store names it (GCS's classes): a listing says
+                    destination.learn_store(check_bucket(self.clients['Des'], job.des_bucket, '', 'destination'))
                 self.engines[pair] = Engine(config, source, destination, self.journal, self.retrier, self.progress,
                                             None, server_side)
             return self.engines[pair]
