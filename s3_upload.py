@@ -2438,8 +2438,10 @@ class Destination:
         also loads the upload index, side by side (round trips count on long links; that try is not retried:
         its errors would come before the listing's plainer ones). Reads only."""
         loading = in_background(self.load_upload_index, False) if index else None
+        started = time.monotonic()
         self.first_page = check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer,
                                        self.page_size)
+        self.round_trip = time.monotonic() - started        # a first measure (the write check's is closer)
         self.learn_store(self.first_page)
         if loading and loading.exception():
             self._load_index_after(loading.exception())
@@ -2486,7 +2488,7 @@ class Destination:
         try:
             started = time.monotonic()
             upload_id = self._retried('CreateMultipartUpload (write check)', self._create, probe, {}, checksum)
-            self.round_trip = time.monotonic() - started
+            self.round_trip = min(self.round_trip or math.inf, time.monotonic() - started)
         except botocore.exceptions.ClientError as error:
             code = error_code(error)      # no permission is no answer about checksums
             if not trial or code in ('AccessDenied', '403') or code in CREDENTIAL_ERROR_CODES:
@@ -2533,7 +2535,7 @@ class Destination:
         if known.get('checksum'):
             self.checksum = Checksum(known['checksum'])
         self.checksum_verified = bool(known.get('verified')) and self.checksum is not None
-        self.round_trip = known.get('round_trip')
+        self.round_trip = known.get('round_trip') or self.round_trip
         self.verdict = (self.checksum.algorithm if self.checksum else '', self.checksum_verified)
         self.trusted = True
 
@@ -3020,7 +3022,7 @@ def plan(source_objects: Iterable[SourceObject], destination: Destination, filte
          match_name: Callable[[SourceObject], str] = lambda obj: obj.location, compare: str = 'size',
          index: Optional[Any] = None) -> Iterator[Task]:
     """Decide, object by object as the listing streams, what to send and what is already there."""
-    index = index or (HeadIndex(destination, destination.heads) if destination.heads_pay else DestinationIndex(destination))
+    index = index or DestinationIndex(destination)
     for obj in source_objects:
         key = destination.key_for(obj.key)
         excluded = filters.excluded(obj.key, match_name(obj)) if filters else ''
@@ -4405,8 +4407,9 @@ class Engine:
 
 
     def tasks(self) -> Iterator[Task]:
+        index = HeadIndex(self.destination, self.destination.heads) if self.destination.heads_pay else None
         return plan(self.source.objects(), self.destination, self.filters, self.source.match_name,
-                    self.config.CompareMode)
+                    self.config.CompareMode, index)
 
     def run(self) -> Progress:
         files = ThreadPoolExecutor(self.config.MaxParallelFile, 'file')
@@ -4923,17 +4926,18 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
     destination, beside the first transfers of a small job, else before anything is transferred), and
     whether the source can be copied server-side (same endpoint and partition)."""
     pool = config.MaxParallelFile + part_workers(config) + 4
-    small = False
-    if config.JobType == 'LOCAL_TO_S3':       # known without a request: a small job needs no upload index, no
-        source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)     # CRT lane, and a few files HEADs
+    small = few = False
+    if config.JobType == 'LOCAL_TO_S3':       # known without a request: a small job needs no upload index, and
+        source: Source = LocalSource(config.SrcDir, config.SrcFileIndex)     # a few files no CRT lane, but HEADs
         source.check()
         small = write_check and source.small_job(SMALL_JOB_FILES, config.threshold_bytes, SMALL_JOB_BYTES)
-    des_client = client_for(config, 'Des', pool, lane=not small)
+        few = small and source.small_job(HEAD_FILES, config.threshold_bytes, SMALL_JOB_BYTES)
+    des_client = client_for(config, 'Des', pool, lane=not few)
     destination = Destination(des_client, config.DesBucket, config.S3Prefix, WriteOptions.from_config(config),
                               config.ListPageSize, retrier)
     server_side = False
     if config.JobType == 'LOCAL_TO_S3':
-        if small and source.small_job(HEAD_FILES, config.threshold_bytes, SMALL_JOB_BYTES):
+        if few:
             destination.ask_heads([obj.key for obj in source.objects()])
     elif config.JobType == 'S3_TO_S3':
         src_client = client_for(config, 'Src', pool, loader=des_client.data_loader)
@@ -4942,7 +4946,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
         server_side = server_side_possible(config, src_client, des_client)
     else:
         source = OssSource.from_config(config, retrier)
-    listing = in_background(destination.check_listing, write_check and not small)   # both ends at once: they read
+    listing = in_background(destination.check_listing, write_check)     # both ends at once: they only read
     if not source.reads_locally:
         source.check()              # a source error is reported first, without waiting for the destination
     listing.result()
@@ -5007,22 +5011,24 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     if check:
         accepted()
         return compare_job(config, source, destination, filters, retrier, progress)
-    try:
-        accepted()
+    beside = destination.beside is not None     # the write check goes beside the first transfers: the run is
+    try:                                        # accepted (log file, start line) once it passed
+        if not beside:
+            accepted()
         if ask and not dry_run:
             offer_clean(config, destination, source)
-        try:
-            os.makedirs(config.LogDir, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f'cannot create LogDir {config.LogDir}: {error.strerror}: fix LogDir') from None
+        if not beside:          # (beside: a small job writes no journal; LogDir is made once it is accepted)
+            _make_log_dir(config)
         journal = ResumeJournal(os.path.join(config.LogDir, 's3_upload-journal.jsonl'))
         if not dry_run:
             abort_left_behind(journal, destination, source, retrier)
         engine = Engine(config, source, destination, journal, retrier, progress, filters, server_side)
-        logger.info('s3_upload %s: %s %s -> %s (parts of %d MiB, %s%d files x %d parts in flight%s)', __version__,
-                    config.JobType, source.describe(), destination.describe(), config.ChunkSize,
-                    'up to ' if engine.flow.window else '', config.MaxParallelFile, config.MaxThread,
-                    ', server-side copy' if server_side else '')
+        start_line = ('s3_upload %s: %s %s -> %s (parts of %d MiB, %s%d files x %d parts in flight%s)', __version__,
+                      config.JobType, source.describe(), destination.describe(), config.ChunkSize,
+                      'up to ' if engine.flow.window else '', config.MaxParallelFile, config.MaxThread,
+                      ', server-side copy' if server_side else '')
+        if not beside:
+            logger.info(*start_line)
         gc.freeze()     # modules and botocore's service models live as long as the run: the collector skips them
         if dry_run:
             engine.dry_run(sys.stdout)
@@ -5037,6 +5043,10 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
             destination.finish_check()
         except ConfigError as refused:
             raise _written_before(refused, progress) from None
+    if beside:
+        _make_log_dir(config)
+        accepted()
+        logger.info(*start_line)
     report = Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
     probe_checksum = not server_side
     if destination.trusted and _writes_refused(report):
@@ -5046,6 +5056,13 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
                                           'and the bucket policy'), progress)
     facts.learn(destination, probe_checksum)
     return report
+
+
+def _make_log_dir(config: Config) -> None:
+    try:
+        os.makedirs(config.LogDir, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f'cannot create LogDir {config.LogDir}: {error.strerror}: fix LogDir') from None
 
 
 def _writes_refused(report: Report) -> bool:

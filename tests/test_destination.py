@@ -295,7 +295,8 @@ def test_the_checks_first_listing_page_plans_the_run_and_the_write_check_waits_f
     there = {'in/a.txt': b'same', 'in/b.txt': b'same', 'in/c.txt': b'same'}
     for key, body in there.items():
         seaweed.client().put_object(Bucket=bucket, Key=key, Body=body)
-    src = write_tree(tmp_path / 'src', {'a.txt': b'same', 'b.txt': b'same', 'c.txt': b'same', 'd.txt': b'new'})
+    new = {f'd{n:02}.txt': b'new' for n in range(40)}      # more files than are asked by HEAD
+    src = write_tree(tmp_path / 'src', {'a.txt': b'same', 'b.txt': b'same', 'c.txt': b'same', **new})
     proxy = FaultProxy(seaweed.endpoint)
     slow = proxy.add('delay', 'GET', r'list-type=2', seconds=0.5)
     try:
@@ -304,8 +305,8 @@ def test_the_checks_first_listing_page_plans_the_run_and_the_write_check_waits_f
     finally:
         proxy.stop()
     assert run.code == 0, run.stderr
-    assert run.report['files_skipped'] == 3 and run.report['files_transferred'] == 1, run.report
-    assert bucket_contents(seaweed, bucket) == {**there, 'in/d.txt': b'new'}
+    assert run.report['files_skipped'] == 3 and run.report['files_transferred'] == 40, run.report
+    assert bucket_contents(seaweed, bucket) == {**there, **{'in/' + key: body for key, body in new.items()}}
     requests = [(method, target) for method, target, _ in proxy.agents]
     listings = [target for method, target in requests if method == 'GET' and 'list-type=2' in target]
     assert len(listings) == 2 and 'continuation-token' in listings[1], listings       # 3 keys, pages of 2
