@@ -863,6 +863,8 @@ RETRYABLE_ERROR_CODES = frozenset((
     'RequestTimeTooSkewed', 'OperationAborted', 'IncompleteBody', 'XAmzContentSHA256Mismatch',
     '500', '502', '503', '504', '429',
 ))
+# A write refused with these is refused for every file: the answer a write check gives (one line, exit 2).
+WRITE_REFUSALS = frozenset(('AccessDenied', '403', 'InvalidStorageClass'))
 CREDENTIAL_ERROR_CODES = frozenset(('InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
                                     'InvalidToken', 'UnrecognizedClientException', 'AuthFailure',
                                     'InvalidAccessKeyId.NotFound', 'TokenRefreshRequired'))
@@ -1669,7 +1671,7 @@ class Source:
 
     def small_job(self, files: int, size: int, total: int) -> bool:
         """Whether the job is at most `files` objects, each below `size` bytes, `total` bytes in all, as far as
-        it is known without a request (a job so short that its first transfers go beside the write check)."""
+        it is known without a request (a job so short that its first writes are its write check)."""
         return False
 
     def read(self, obj: SourceObject, offset: int, length: int) -> bytes:
@@ -2418,7 +2420,8 @@ class Destination:
         self.round_trip: Optional[float] = None     # seconds the write check's quickest request took
         self.meter = Meter()
         self.gcs = 'storage.googleapis.com' in (client.meta.endpoint_url or '')   # Google Cloud Storage (XML API)
-        self.beside: Optional[Future] = None        # the write check, when it goes beside the first transfers
+        self.unchecked: Optional[Callable[[], None]] = None    # a short job: no write check, its writes are one
+        self.refusal: Optional[ConfigError] = None  # ... and what refused them
         self.verdict: Optional[Tuple[str, bool]] = None     # its answer: checksum to send, whether it is verified
         self.trusted = False                        # that answer came from an earlier run (StoreFacts)
         self.heads: Dict[str, Future] = {}          # HEADs of a few files' keys, sent beside the check's listing
@@ -2475,12 +2478,11 @@ class Destination:
 
     PROBE = '.s3_upload-write-check'
 
-    def check_write(self, probe_checksum: bool = True, adopt: bool = True) -> None:
+    def check_write(self, probe_checksum: bool = True) -> None:
         """Start and abort a multipart upload (the abort goes on beside the transfer, see finish_check()): proves
         s3:PutObject and the write options. With a checksum (or auto and probe_checksum), a part sent under
-        a wrong one shows whether the store verifies it: the verdict, which the transfers use when adopt (else
-        only the next runs, through StoreFacts). Only after check_listing: some stores create a missing
-        bucket on a write."""
+        a wrong one shows whether the store verifies it (the verdict, which the next runs reuse through
+        StoreFacts). Only after check_listing: some stores create a missing bucket on a write."""
         import botocore.exceptions
         probe = self.probe_key
         trial = self.options.auto_checksum and probe_checksum and self.checksum is None
@@ -2510,25 +2512,23 @@ class Destination:
         finally:
             self.probe_abort = in_background(self._abort_probe, probe, upload_id)
         self.verdict = (checksum.algorithm if checksum else '', verified)
-        if adopt:
-            self.checksum, self.checksum_verified = checksum, verified
+        self.checksum, self.checksum_verified = checksum, verified
         logger.debug('destination checksum: %s (the store verifies it: %s)', self.verdict[0], verified)
 
-    def check_write_beside(self, probe_checksum: bool, refused: Callable[[], None]) -> None:
-        """check_write while the first transfers go (they send Content-MD5 meanwhile); refused() is called if it
-        refuses the job, and finish_check() raises its ConfigError."""
-        self.beside = in_background(self.check_write, probe_checksum, False)
-        self.beside.add_done_callback(lambda done: refused() if done.exception() else None)
+    def write_unchecked(self, refused: Callable[[], None]) -> None:
+        """A short job goes without a write check: its first writes are the check (Content-MD5 proves their
+        bytes). A write refused the way the check would refuse it ends the run with the check's one line
+        (refusal; refused() is called at once)."""
+        self.unchecked = refused
 
-    def refused_beside(self) -> bool:
-        """Whether the write check that went beside the first transfers refused the job (waits for it)."""
-        if self.beside is None:
+    def refuses(self, error: BaseException) -> bool:
+        """Whether this error of a write without a write check is the check's refusal (then kept in refusal)."""
+        if self.unchecked is None or error_code(error) not in WRITE_REFUSALS:
             return False
-        try:
-            self.beside.result()
-        except ConfigError:
-            return True
-        return False
+        with self.index_lock:
+            self.refusal = self.refusal or self._write_refused(error)
+        self.unchecked()
+        return True
 
     def trust(self, known: Dict[str, Any]) -> None:
         """Take an earlier run's verdict (StoreFacts) instead of probing."""
@@ -2546,14 +2546,12 @@ class Destination:
             logger.warning('could not abort the write check upload of %s: %s', key, describe_error(error))
 
     def finish_check(self) -> None:
-        """Wait for the write check (when it went beside the transfers: ConfigError if it refused the job) and
-        for its upload to be aborted (that goes on beside the transfer)."""
-        try:
-            if self.beside is not None:
-                self.beside.result()
-        finally:
-            if self.probe_abort:
-                self.probe_abort.result()
+        """Wait for the write check's upload to be aborted (it goes on beside the transfer); ConfigError if
+        the writes of a job without a write check were refused."""
+        if self.probe_abort:
+            self.probe_abort.result()
+        if self.refusal is not None:
+            raise self.refusal
 
     def _write_refused(self, error: BaseException) -> ConfigError:
         code = error_code(error)
@@ -3699,8 +3697,8 @@ class FileTransfer:
                 self.engine.halt(f'the store {what} mid-run ({describe_error(error)}): fix that and run the same '
                                  'command again to resume')
                 raise Stopped() from None
-            if code in ('AccessDenied', '403') and self.destination.refused_beside():
-                raise Stopped() from None        # the write check refused the job: said once, by the run
+            if self.destination.refuses(error):
+                raise Stopped() from None        # the writes are the write check, which refused the job
             message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
             logger.error('FAILED %s: %s', task.key, message)
             logger.debug('failure detail for %s', task.key, exc_info=True)
@@ -4915,8 +4913,8 @@ def server_side_possible(config: Config, source_client: Any, destination_client:
             source_client.meta.partition == destination_client.meta.partition)
 
 
-# A job of at most this many files and bytes, none multipart, starts while the write check runs beside it
-# (sending Content-MD5 meanwhile); with at most HEAD_FILES, their keys are asked by HEAD beside the listing.
+# A job of at most this many files and bytes, none multipart, has no write check: its first writes are the check
+# (sent with Content-MD5); with at most HEAD_FILES, their keys are asked by HEAD beside the listing.
 SMALL_JOB_FILES, SMALL_JOB_BYTES, HEAD_FILES = 2000, 256 * MiB, 32
 
 
@@ -4956,7 +4954,7 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
     if known:
         destination.trust(known)
     elif small:
-        destination.check_write_beside(not server_side, retrier.stop.set)
+        destination.write_unchecked(retrier.stop.set)
     else:
         destination.check_write(probe_checksum=not server_side)
     return source, destination, server_side
@@ -5011,8 +5009,8 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
     if check:
         accepted()
         return compare_job(config, source, destination, filters, retrier, progress)
-    beside = destination.beside is not None     # the write check goes beside the first transfers: the run is
-    try:                                        # accepted (log file, start line) once it passed
+    beside = destination.unchecked is not None  # a short job's writes are its write check: the run is accepted
+    try:                                        # (log file, start line) once they passed it
         if not beside:
             accepted()
         if ask and not dry_run:

@@ -1,6 +1,6 @@
 """Starting like a native tool: a short job's first data request leaves one round trip after the S3 client
-exists. The write check goes beside the first transfers of a small job (and still refuses it in one line,
-exit 2), what a run learned of a store is remembered beside the journal and trusted until contradicted, and a
+exists. A short job's first writes are its write check (a refusal still ends it in one line, exit 2), what a
+run's write check learned of a store is remembered beside the journal and trusted until contradicted, and a
 few files are asked by HEAD instead of paging through a large destination folder. Each request is held
 0.3 s by the fault proxy: a stand-in for a long link's round trip."""
 
@@ -28,28 +28,35 @@ def one_file_job(seaweed, proxy, tmp_path, bucket: str, **more) -> dict:
     return {**dest_settings(seaweed, bucket, SrcDir=folder), 'DesEndPointURL': proxy.endpoint, **more}
 
 
-def test_a_one_file_job_sends_its_data_one_round_trip_after_it_starts_and_a_rerun_pays_no_probe(seaweed, proxy, tool,
-                                                                                            tmp_path):
+def test_a_one_file_job_sends_its_data_one_round_trip_after_it_starts_without_a_probe(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
     proxy.add('delay', seconds=ROUND_TRIP, times=-1)
     settings = one_file_job(seaweed, proxy, tmp_path, bucket)
     first = tool.run(settings)
     assert first.code == 0, first.stderr
-    assert data_request_at(proxy, '/one.txt') < 1.5 * ROUND_TRIP               # not after the write check's probe
+    assert data_request_at(proxy, '/one.txt') < 1.5 * ROUND_TRIP
+    assert not any('write-check' in target for _, _, target in requests_of(proxy))   # its write is the check
+    assert seaweed.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'x' * 1024
+
+
+def test_a_larger_job_probes_once_and_its_reruns_trust_what_was_learned(seaweed, proxy, tool, tmp_path):
+    bucket = seaweed.bucket()
+    folder = write_tree(tmp_path / 'src', {'big.bin': b'b' * (6 * 1024 * 1024)})
+    settings = {**dest_settings(seaweed, bucket, SrcDir=folder, ResumableThreshold=5, ChunkSize=5),
+                'DesEndPointURL': proxy.endpoint}
+    assert tool.run(settings).code == 0
     assert any(method == 'POST' and 'write-check' in target for _, method, target in requests_of(proxy))
-    facts = json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())
-    assert len(facts) == 1
-    (tmp_path / 'src' / 'one.txt').write_bytes(b'y' * 2048)
+    assert len(json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())) == 1
+    (folder / 'big.bin').write_bytes(b'c' * (7 * 1024 * 1024))
     proxy.agents.clear()
     proxy.arrivals.clear()
     again = tool.run(settings)
     assert again.code == 0, again.stderr
-    assert data_request_at(proxy, '/one.txt') < 1.5 * ROUND_TRIP
     assert not any('write-check' in target for _, _, target in requests_of(proxy))   # remembered, not probed
-    assert seaweed.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'y' * 2048
+    assert seaweed.client().get_object(Bucket=bucket, Key='big.bin')['Body'].read() == b'c' * (7 * 1024 * 1024)
 
 
-def test_a_write_check_beside_the_first_transfers_still_refuses_the_job_in_one_line(seaweed, proxy, tool, tmp_path):
+def test_a_short_job_whose_writes_are_refused_ends_in_the_write_checks_one_line(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
     ran = tool.run(one_file_job(seaweed, proxy, tmp_path, bucket, DesProfileName='seaweed_readonly'))
     assert ran.code == 2, ran.stderr
@@ -61,9 +68,11 @@ def test_a_write_check_beside_the_first_transfers_still_refuses_the_job_in_one_l
 
 def test_what_was_learned_is_checked_again_once_contradicted(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
-    settings = one_file_job(seaweed, proxy, tmp_path, bucket)
+    folder = write_tree(tmp_path / 'src', {'big.bin': b'b' * (6 * 1024 * 1024)})
+    settings = {**dest_settings(seaweed, bucket, SrcDir=folder, ResumableThreshold=5, ChunkSize=5),
+                'DesEndPointURL': proxy.endpoint}
     assert tool.run(settings).code == 0
-    (tmp_path / 'src' / 'one.txt').write_bytes(b'z' * 10)
+    (folder / 'big.bin').write_bytes(b'z' * (6 * 1024 * 1024 + 1))
     refused = tool.run({**settings, 'DesProfileName': 'seaweed_readonly'})   # the same store, no longer writable
     assert refused.code == 2 and 'refuses our writes now' in refused.stderr, refused.stderr
     assert json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text()) == {}
