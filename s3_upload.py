@@ -1425,6 +1425,19 @@ class Retrier:
             raise Stopped() from None
 
 
+def _connect_seconds(url: str) -> float:
+    """How long a TCP handshake with the host of url takes (one round trip); 0 if it cannot be made."""
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    started = time.monotonic()
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)), 5):
+            return time.monotonic() - started
+    except (OSError, ValueError):
+        return 0.0
+
+
 def in_background(function: Callable[..., Any], *args: Any) -> Future:
     """function(*args) in a daemon thread, as a Future: a caller that gives up on it does not wait for it
     (or keep the process alive), as a ThreadPoolExecutor would."""
@@ -2441,12 +2454,14 @@ class Destination:
         also loads the upload index, side by side (round trips count on long links; that try is not retried:
         its errors would come before the listing's plainer ones). Reads only."""
         loading = in_background(self.load_upload_index, False) if index else None
+        handshake = in_background(_connect_seconds, self.endpoint)
         started = time.monotonic()
         self.first_page = check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer,
                                        self.page_size)
-        # A first measure (the write check's is closer): on a new connection, a listing takes two round trips
-        # (TCP's handshake, then the request); taken whole, it would start twice the files a link needs.
-        self.round_trip = (time.monotonic() - started) / 2
+        # A first measure of the round trip (the write check's is closer): the listing went on a new connection,
+        # so it took TCP's handshake too, which is measured beside it.
+        took = time.monotonic() - started
+        self.round_trip = max(took / 2, took - handshake.result())
         self.learn_store(self.first_page)
         if loading and loading.exception():
             self._load_index_after(loading.exception())
