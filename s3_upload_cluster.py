@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from s3_upload import (EXIT_FAILED, EXIT_OK, Config, ConfigError, Destination, DestinationIndex, Dialect, Engine,
                        FileTransfer, Filters, Progress, Report, ResumeJournal, Retrier, S3Source, SecretFilter,
@@ -1033,25 +1033,25 @@ class ListingCursor:
         self.status = status
         self.path = os.path.join(config.LogDir, 's3_upload-jobsender-cursor.json')
 
+    def _cursors(self) -> Dict[str, str]:
+        """The file's cursors by pair ({} when there is none)."""
+        try:
+            with open(self.path, encoding='utf-8') as handle:
+                return dict(json.load(handle))
+        except (OSError, ValueError, TypeError):
+            return {}
+
     def get(self, pair: Pair) -> str:
         if self.status is not None:
             return self.status.noted(f'jobsender#{pair}')
-        try:
-            with open(self.path, encoding='utf-8') as handle:
-                return str(json.load(handle).get(str(pair), ''))
-        except (OSError, ValueError):
-            return ''
+        return str(self._cursors().get(str(pair), ''))
 
     def put(self, pair: Pair, after: Optional[str]) -> None:
         """Remember where the listing of pair stopped; None: it finished (the next run starts over)."""
         if self.status is not None:
             self.status.note(f'jobsender#{pair}', after)
             return
-        try:
-            with open(self.path, encoding='utf-8') as handle:
-                cursors = json.load(handle)
-        except (OSError, ValueError):
-            cursors = {}
+        cursors = self._cursors()
         cursors.pop(str(pair), None)
         if after is not None:
             cursors[str(pair)] = after
@@ -1242,13 +1242,12 @@ class JobSender:
                 break
         return self.counts
 
-    def _sides(self, config: Config, source_type: type = ListedSource,
-               destination_type: type = ListedDestination) -> Tuple[Any, Any]:
+    def _sides(self, config: Config) -> Tuple[ListedSource, ListedDestination]:
         check_bucket(self.source_client, config.SrcBucket, config.SrcPrefix, 'source')
         check_bucket(self.destination_client, config.DesBucket, config.S3Prefix, 'destination')
-        source = source_type(self.source_client, config.SrcBucket, config.SrcPrefix, '*', config.ListPageSize,
+        source = ListedSource(self.source_client, config.SrcBucket, config.SrcPrefix, '*', config.ListPageSize,
                              self.retrier, config.RequestPayer == 'requester')
-        destination = destination_type(self.destination_client, config.DesBucket, config.S3Prefix,
+        destination = ListedDestination(self.destination_client, config.DesBucket, config.S3Prefix,
                                        WriteOptions.from_config(config), config.ListPageSize, self.retrier)
         return source, destination
 
@@ -1257,7 +1256,8 @@ class JobSender:
         config = pair.applied(self.config)
         if time_up is None and not config.JobsenderCompareVersionId:
             with ThreadPoolExecutor(8, 'list') as pool:
-                for future in [pool.submit(self.send_tasks, config, *sides) for sides in
+                for future in [pool.submit(self.send_tasks, config, source.objects(), destination)
+                               for source, destination in
                                _folder_plans(config, self.source_client, self.destination_client, self.retrier)]:
                     future.result()
             return True
@@ -1267,7 +1267,7 @@ class JobSender:
         if source.after:
             logger.info('%s: going on after %s, where the last run stopped', pair, source.after)
             destination.after = source.after[len(source.prefix):]
-        finished = self.send_tasks(config, source, destination, time_up=time_up,
+        finished = self.send_tasks(config, source.objects(), destination, time_up=time_up,
                                    stopped_at=lambda key: self.cursor.put(pair, key))
         if finished and time_up is not None:
             self.cursor.put(pair, None)
@@ -1286,12 +1286,11 @@ class JobSender:
                                   WriteOptions.from_config(config), config.ListPageSize, self.retrier)
         self.send_tasks(config, report.objects(config.SrcPrefix), destination, index=InventoryIndex(destination))
 
-    def send_tasks(self, config: Config, source: Any, destination: Destination, index: Any = None,
+    def send_tasks(self, config: Config, objects: Iterable[SourceObject], destination: Destination, index: Any = None,
                    time_up: Optional[Callable[[], bool]] = None,
                    stopped_at: Callable[[str], None] = lambda key: None) -> bool:
         """Plan one listing against its destination and queue, ten per message batch, what it lacks; False when
         time_up said stop (stopped_at is told the last source key handled, also every CURSOR_EVERY objects)."""
-        objects = source.objects() if hasattr(source, 'objects') else source
 
         def match_name(obj: SourceObject) -> str:
             return f'{config.SrcBucket}/{obj.location}'

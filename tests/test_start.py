@@ -28,6 +28,13 @@ def one_file_job(seaweed, proxy, tmp_path, bucket: str, **more) -> dict:
     return {**dest_settings(seaweed, bucket, SrcDir=folder), 'DesEndPointURL': proxy.endpoint, **more}
 
 
+def multipart_job(seaweed, proxy, tmp_path, bucket: str) -> tuple:
+    """(source folder, settings) of a job of one 6 MiB file sent as a multipart upload: not a short job."""
+    folder = write_tree(tmp_path / 'src', {'big.bin': b'b' * (6 * 1024 * 1024)})
+    return folder, {**dest_settings(seaweed, bucket, SrcDir=folder, ResumableThreshold=5, ChunkSize=5),
+                    'DesEndPointURL': proxy.endpoint}
+
+
 def test_a_one_file_job_sends_its_data_one_round_trip_after_it_starts_without_a_probe(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
     proxy.add('delay', seconds=ROUND_TRIP, times=-1)
@@ -41,9 +48,7 @@ def test_a_one_file_job_sends_its_data_one_round_trip_after_it_starts_without_a_
 
 def test_a_larger_job_probes_once_and_its_reruns_trust_what_was_learned(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
-    folder = write_tree(tmp_path / 'src', {'big.bin': b'b' * (6 * 1024 * 1024)})
-    settings = {**dest_settings(seaweed, bucket, SrcDir=folder, ResumableThreshold=5, ChunkSize=5),
-                'DesEndPointURL': proxy.endpoint}
+    folder, settings = multipart_job(seaweed, proxy, tmp_path, bucket)
     assert tool.run(settings).code == 0
     assert any(method == 'POST' and 'write-check' in target for _, method, target in requests_of(proxy))
     assert len(json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())) == 1
@@ -68,9 +73,7 @@ def test_a_short_job_whose_writes_are_refused_ends_in_the_write_checks_one_line(
 
 def test_what_was_learned_is_checked_again_once_contradicted(seaweed, proxy, tool, tmp_path):
     bucket = seaweed.bucket()
-    folder = write_tree(tmp_path / 'src', {'big.bin': b'b' * (6 * 1024 * 1024)})
-    settings = {**dest_settings(seaweed, bucket, SrcDir=folder, ResumableThreshold=5, ChunkSize=5),
-                'DesEndPointURL': proxy.endpoint}
+    folder, settings = multipart_job(seaweed, proxy, tmp_path, bucket)
     assert tool.run(settings).code == 0
     (folder / 'big.bin').write_bytes(b'z' * (6 * 1024 * 1024 + 1))
     refused = tool.run({**settings, 'DesProfileName': 'seaweed_readonly'})   # the same store, no longer writable
