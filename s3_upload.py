@@ -62,6 +62,7 @@ import hashlib
 import io
 import json
 import logging
+import marshal
 import math
 import mimetypes
 import os
@@ -132,6 +133,10 @@ class VerifyError(Exception):
 
 class ServerSideUnavailable(Exception):
     """Server-side copy cannot work here (access denied, other partition, unsupported): stream instead."""
+
+
+class AlreadyThere(Exception):
+    """The object at the destination key is this file already: nothing is sent."""
 
 
 def human_bytes(count: float) -> str:
@@ -868,6 +873,10 @@ WRITE_REFUSALS = frozenset(('AccessDenied', '403', 'InvalidStorageClass'))
 CREDENTIAL_ERROR_CODES = frozenset(('InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
                                     'InvalidToken', 'UnrecognizedClientException', 'AuthFailure',
                                     'InvalidAccessKeyId.NotFound', 'TokenRefreshRequired'))
+# Server headers of stores that create a missing bucket when an object is written to it.
+BUCKETS_MADE_BY_WRITES = ('seaweedfs',)
+# A PutObject on condition that no object is at its key (If-None-Match: *) was refused because one is.
+CONDITION_FAILED = frozenset(('PreconditionFailed', '412', 'ConditionalRequestConflict', '409'))
 # Met mid-run, these would fail every file the same way: the run stops (resumable) and says so once.
 RUN_ENDING_ERROR_CODES = CREDENTIAL_ERROR_CODES | {'NoSuchBucket', 'AllAccessDisabled', 'AccountProblem'}
 
@@ -942,6 +951,69 @@ def parse_timestamp(value: Any) -> datetime.datetime:
     return botocore.utils.parse_timestamp(value)
 
 
+def import_botocore(crt: bool = True) -> None:
+    """Import botocore; crt=False: without awscrt, which botocore loads at import (a tenth of a short job's
+    start) for what a job without the CRT lane never asks of it (SigV4a, CRC checks of downloads)."""
+    if crt or 'botocore' in sys.modules or 'awscrt' in sys.modules:
+        import botocore.session  # noqa: F401 - imported for the caller
+        return
+    sys.modules['awscrt'] = None    # type: ignore[assignment] - an import of it fails: botocore.compat.HAS_CRT
+    try:
+        import botocore.session  # noqa: F401,F811
+    finally:
+        del sys.modules['awscrt']   # our own checksums may import it later
+
+
+class ModelCache:
+    """botocore's parsed S3 model, endpoint rules and partitions, kept between runs (marshal reads them
+    ten times faster than their JSON): a file per botocore and Python version in ~/.cache/s3_upload."""
+
+    def __init__(self, session: Any) -> None:
+        import botocore
+        import botocore.loaders
+        data_path = session.get_config_variable('data_path')     # AWS_DATA_PATH, as botocore's own loader
+        extra = data_path.split(os.pathsep) if data_path else None
+        paths = botocore.loaders.Loader(extra_search_paths=extra).search_paths
+        mtimes = [os.stat(path).st_mtime if os.path.isdir(path) else 0 for path in paths]
+        digest = hashlib.md5(json.dumps([paths, mtimes]).encode(), usedforsecurity=False).hexdigest()[:12]
+        folder = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 's3_upload')
+        self.path = os.path.join(folder, f'botocore-{botocore.__version__}-{sys.implementation.cache_tag}-{digest}')
+        try:
+            with open(self.path, 'rb') as handle:
+                data = handle.read()            # (marshal.load reads in bits)
+            gc.disable()                        # tens of thousands of new containers: no collection meanwhile
+            try:
+                self.known: Dict[Any, Any] = marshal.loads(data)
+            finally:
+                gc.enable()
+        except (OSError, ValueError, EOFError, TypeError):
+            self.known = {}
+        self.loader = botocore.loaders.Loader(extra_search_paths=extra)
+        self.loader._cache.update(self.known)     # the loader's own memo (its cache argument is not used)
+
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        """value with botocore's OrderedDicts as dicts (as ordered; marshal takes no OrderedDict)."""
+        if isinstance(value, dict):
+            return {key: cls._plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(cls._plain(item) for item in value)
+        return value
+
+    def save(self) -> None:
+        """Keep what the loader read beyond what the file held (once: later runs read it all from the file)."""
+        if len(self.loader._cache) <= len(self.known):
+            return
+        try:
+            data = marshal.dumps(self._plain(dict(self.loader._cache)))
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path + f'.{os.getpid()}', 'wb') as handle:
+                handle.write(data)
+            os.replace(self.path + f'.{os.getpid()}', self.path)
+        except (OSError, ValueError) as error:      # only a slower start next time
+            logger.debug('cannot keep botocore\'s models in %s: %s', self.path, error)
+
+
 def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: int, role: str = 'destination',
                 retry_mode: str = 'standard', addressing: str = 'auto', signature: str = 's3v4',
                 verify_tls: bool = True, timeout: int = 60, credentials: Any = None, lane: bool = False,
@@ -950,19 +1022,22 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     (credentials, when given, replace the profile's: keys from SSM in cluster mode); lane=True gives it
     a CrtLane (client.crt_lane) for small PutObjects and GetObjects when awscrt is installed. Clients
     made with another's client.data_loader share its parsed service model (a fifth of the start)."""
-    import botocore.config      # botocore's own session: boto3 would add 0.1 s of imports to every start
+    import_botocore(crt=lane)   # botocore's own session: boto3 would add 0.1 s of imports to every start
+    import botocore.config
     import botocore.exceptions
     import botocore.handlers
     import botocore.session
     profile_name = profile.strip() or None
+    models: Optional[ModelCache] = None
     try:
         if profile_name == 'default' and 'default' not in botocore.session.Session().available_profiles:
             profile_name = None  # 'default' without a profile file: environment / instance role
         session = botocore.session.Session(profile=profile_name)
         session.get_scoped_config()     # a missing profile fails here, not at the first request
         session.get_component('response_parser_factory').set_parser_defaults(timestamp_parser=parse_timestamp)
-        if loader is not None:
-            session.register_component('data_loader', loader)
+        if loader is None:
+            models = ModelCache(session)
+        session.register_component('data_loader', loader or models.loader)  # type: ignore[union-attr]
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f'AWS profile {profile!r} ({role}) not found in ~/.aws/credentials or '
                           f'~/.aws/config: create it with "aws configure --profile {profile}" or fix the '
@@ -1013,6 +1088,8 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     # answer it late make the response unparseable (seen with SeaweedFS).
     client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
     _cache_endpoint_rules(client, session)
+    if models is not None:
+        models.save()
     client.crt_lane = CrtLane.create(client, credentials, verify_tls, pool_size, timeout) if lane else None
     client.data_loader = session.get_component('data_loader')
     return client
@@ -1399,6 +1476,7 @@ class Retrier:
         self.base = base
         self.cap = cap
         self.retries = 0          # requests run again so far (the in-flight window backs off on them)
+        self.refused: Callable[[], bool] = lambda: False    # the job's check, gone on beside, refused it (waits)
 
     def call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         attempt = 0
@@ -1408,6 +1486,8 @@ class Retrier:
             except Exception as error:  # noqa: BLE001 - sorted by is_retryable
                 if not is_retryable(error) or attempt >= self.max_retry:
                     raise
+                if self.refused():      # the check's line says what is wrong, no retry is logged
+                    raise Stopped() from None
                 attempt += 1
                 self.retries += 1
                 delay = self.delay(attempt)
@@ -2435,9 +2515,15 @@ class Destination:
         self.gcs = 'storage.googleapis.com' in (client.meta.endpoint_url or '')   # Google Cloud Storage (XML API)
         self.unchecked: Optional[Callable[[], None]] = None    # a short job: no write check, its writes are one
         self.refusal: Optional[ConfigError] = None  # ... and what refused them
+        self.listing_refusal: Optional[ConfigError] = None     # what the check's listing refused, if it went beside
         self.verdict: Optional[Tuple[str, bool]] = None     # its answer: checksum to send, whether it is verified
         self.trusted = False                        # that answer came from an earlier run (StoreFacts)
         self.heads: Dict[str, Future] = {}          # HEADs of a few files' keys, sent beside the check's listing
+        self.pending_check: Optional[Future] = None     # that listing, when the first writes do not wait for it
+        self.conditional_writes: Optional[bool] = None  # the store honours If-None-Match on PutObject (None: unknown)
+        endpoint = self.endpoint or ''
+        # Whether a write to a missing bucket creates it (then no write may go before the check's listing)
+        self.creates_buckets = False if '.amazonaws.com' in endpoint or self.gcs else None
 
     def describe(self) -> str:
         return f's3://{self.bucket}/{self.prefix}'
@@ -2474,8 +2560,10 @@ class Destination:
 
     @property
     def heads_pay(self) -> bool:
-        """The HEADs answer the planner in fewer round trips than the listing: it has more than one page."""
-        return bool(self.heads) and bool(self.first_page and self.first_page.get('IsTruncated'))
+        """The HEADs answer the planner in fewer round trips than the listing: it has more than one page, or
+        the first writes do not wait for it."""
+        return bool(self.heads) and (self.pending_check is not None or
+                                     bool(self.first_page and self.first_page.get('IsTruncated')))
 
     def learn_store(self, answer: Dict[str, Any]) -> None:
         """Whether an answer of the destination shows Google Cloud Storage (it sends x-goog-* headers, e.g.
@@ -2483,6 +2571,8 @@ class Destination:
         as that store names them."""
         headers = answer.get('ResponseMetadata', {}).get('HTTPHeaders', {}) if answer else {}
         self.gcs = self.gcs or any(name.lower().startswith('x-goog-') for name in headers)
+        server = str(headers.get('server', '')).lower()
+        self.creates_buckets = self.creates_buckets or any(name in server for name in BUCKETS_MADE_BY_WRITES)
         self.options = self.options.on_store(self.gcs, self.describe())
 
     def _load_index_after(self, error: BaseException) -> None:
@@ -2538,9 +2628,38 @@ class Destination:
         (refusal; refused() is called at once)."""
         self.unchecked = refused
 
+    def check_beside(self, listing: Future, refused: Callable[[], None]) -> None:
+        """A few files' job: the check's listing goes on beside their first writes, which are its write check
+        too (write_unchecked); if the listing refuses the job, the run ends with its one line."""
+        self.write_unchecked(refused)
+        self.pending_check = listing
+        listing.add_done_callback(lambda done: self._check_failed(done.exception()))
+
+    def _check_failed(self, error: Optional[BaseException]) -> bool:
+        """Keep the refusal of the check's listing (its line comes first: it says what is wrong with the job)."""
+        if error is None:
+            return False
+        self.listing_refusal = error if isinstance(error, ConfigError) else ConfigError(
+            f'cannot check the destination {self.describe()}: {describe_error(error)}')
+        if self.unchecked:
+            self.unchecked()
+        return True
+
+    def check_refused(self) -> bool:
+        """Whether the check's listing, gone on beside the first requests, refused the job (waits for it)."""
+        if self.pending_check is None:
+            return False
+        wait([self.pending_check])
+        return self._check_failed(self.pending_check.exception())
+
     def refuses(self, error: BaseException) -> bool:
-        """Whether this error of a write without a write check is the check's refusal (then kept in refusal)."""
-        if self.unchecked is None or error_code(error) not in WRITE_REFUSALS:
+        """Whether this error of a write without a write check is the check's refusal (then kept in refusal);
+        with the check's listing still going on beside, its answer is waited for first."""
+        if self.unchecked is None:
+            return False
+        if self.check_refused():
+            return True
+        if error_code(error) not in WRITE_REFUSALS:
             return False
         with self.index_lock:
             self.refusal = self.refusal or self._write_refused(error)
@@ -2567,8 +2686,9 @@ class Destination:
         the writes of a job without a write check were refused."""
         if self.probe_abort:
             self.probe_abort.result()
-        if self.refusal is not None:
-            raise self.refusal
+        self.check_refused()
+        if self.listing_refusal or self.refusal:
+            raise self.listing_refusal or self.refusal
 
     def _write_refused(self, error: BaseException) -> ConfigError:
         code = error_code(error)
@@ -2723,16 +2843,36 @@ class Destination:
     def _checksum_arg(self, checksum: Optional[bytes]) -> Dict[str, str]:
         return {self.checksum.parameter: b64(checksum)} if self.checksum and checksum is not None else {}
 
+    def condition_refused(self, error: BaseException) -> None:
+        """A PutObject on condition that no object was at its key failed: learn from the error whether the store
+        honours that condition (an object was there) or takes none (a store that does not implement it)."""
+        code, status = error_code(error), error_status(error)
+        if code in CONDITION_FAILED:
+            self.conditional_writes = True
+        elif code in ('NotImplemented', 'InvalidRequest', 'InvalidArgument') or status == 501:
+            self.conditional_writes = False
+
+    def condition_taken(self, there: Future, etag: str) -> None:
+        """Such a PutObject succeeded: if the key's HEAD, sent beside it, found another object there, the store
+        ignores the condition, and the next writes wait for their HEAD (they would replace unchanged objects)."""
+        if there.done() and there.exception() is None:
+            head = there.result()
+            if head is not None and clean_etag(head.etag) != clean_etag(etag):
+                self.conditional_writes = False
+
     def _echo(self, response: Dict[str, Any]) -> str:
         """The additional checksum the store reports back for what it received ('' if none)."""
         return response.get(self.checksum.parameter, '') if self.checksum else ''
 
     def put(self, key: str, data: bytes, md5: Optional[bytes], args: Dict[str, Any],
-            checksum: Optional[bytes]) -> Tuple[str, str]:
-        """PutObject, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back)."""
+            checksum: Optional[bytes], only_new: bool = False) -> Tuple[str, str]:
+        """PutObject, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back).
+        only_new: on condition that no object is at the key (If-None-Match: *; CONDITION_FAILED if one is)."""
         params = self._put_params(md5, args, checksum)
+        if only_new:
+            params['IfNoneMatch'] = '*'
         response = None
-        if self.lane and len(data) <= self.lane.MAX_BODY:
+        if self.lane and len(data) <= self.lane.MAX_BODY and not only_new:
             response = self.lane.put(self.bucket, key, data, params)
             if response is not None:
                 self.meter.add(len(data))
@@ -2870,14 +3010,29 @@ class StoreFacts:
     def known(self, destination: Destination, probe_checksum: bool) -> Optional[Dict[str, Any]]:
         return self.facts.get(self.name(destination, probe_checksum))
 
+    STORE_FACTS = ('conditional_writes', 'creates_buckets')     # facts of the endpoint, whatever the bucket
+
+    def recall_store(self, destination: Destination) -> None:
+        """Tell the destination what earlier runs learned of its endpoint (what it does not know itself)."""
+        known = self.facts.get(json.dumps([destination.endpoint]), {})
+        for fact in self.STORE_FACTS:
+            if getattr(destination, fact) is None and known.get(fact) is not None:
+                setattr(destination, fact, known[fact])
+
     def learn(self, destination: Destination, probe_checksum: bool) -> None:
-        """Keep what the write check found (nothing if it found nothing new)."""
-        if destination.verdict is None or destination.trusted:
-            return
-        self.facts[self.name(destination, probe_checksum)] = {
-            'checksum': destination.verdict[0], 'verified': destination.verdict[1],
-            'round_trip': destination.round_trip, 'learned': time.time()}
-        self._save()
+        """Keep what the write check and the writes found (nothing if they found nothing new)."""
+        name = json.dumps([destination.endpoint])
+        store = {fact: getattr(destination, fact) for fact in self.STORE_FACTS if getattr(destination, fact) is not None}
+        learned = bool(store) and store != self.facts.get(name)
+        if learned:
+            self.facts[name] = store
+        if destination.verdict is not None and not destination.trusted:
+            self.facts[self.name(destination, probe_checksum)] = {
+                'checksum': destination.verdict[0], 'verified': destination.verdict[1],
+                'round_trip': destination.round_trip, 'learned': time.time()}
+            learned = True
+        if learned:
+            self._save()
 
     def forget(self, destination: Destination, probe_checksum: bool) -> None:
         if self.facts.pop(self.name(destination, probe_checksum), None) is not None:
@@ -2972,6 +3127,7 @@ class Task:
     key: str                  # destination key
     action: str               # 'send', 'skip', 'check' (same size there: compare more), 'exclude' or 'fail'
     reason: str = ''
+    there: Optional[Future] = None    # 'send' before the key's HEAD answered: sent only if no object is there
 
 
 class DestinationIndex:
@@ -3003,6 +3159,11 @@ class DestinationIndex:
         self.fallback = {key: (size, etag) for key, size, etag in self.destination.objects()}
         self.head = None
 
+    @staticmethod
+    def pending(key: str, size: int) -> Optional[Future]:
+        """Every key is answered by the listing: none is sent before its answer."""
+        return None
+
     def lookup(self, key: str) -> Optional[Tuple[int, str]]:
         """(size, etag) of the destination object with this relative key, or None."""
         if self.fallback is None and key < self.last_asked:
@@ -3020,12 +3181,24 @@ class DestinationIndex:
 
 
 class HeadIndex:
-    """For a job of a few files whose destination folder does not fit one listing page: each key asked by HEAD,
-    all at once (the HEADs were sent beside the check's listing), instead of paging through the folder."""
+    """For a job of a few files whose destination folder does not fit one listing page (or is not listed
+    before the first writes): each key asked by HEAD, all at once (the HEADs were sent beside the check's
+    listing), instead of paging through the folder. A file of up to CONDITIONAL_PUT_BYTES need not wait for
+    its HEAD: it is sent at once, if the store takes the condition that no object is at the key yet."""
+
+    CONDITIONAL_PUT_BYTES = 64 * 1024     # a body this small costs little more than the HEAD, if sent for nothing
 
     def __init__(self, destination: Destination, answers: Dict[str, Future]) -> None:
         self.destination = destination
         self.answers = answers
+
+    def pending(self, key: str, size: int) -> Optional[Future]:
+        """The HEAD of a small file, when the file may be sent before it answers (None: wait for it)."""
+        answer = self.answers.get(key)
+        if (answer is None or answer.done() or size > self.CONDITIONAL_PUT_BYTES
+                or self.destination.conditional_writes is False):
+            return None
+        return answer
 
     def lookup(self, key: str) -> Optional[Tuple[int, str]]:
         answer = self.answers.get(key)
@@ -3053,6 +3226,10 @@ def plan(source_objects: Iterable[SourceObject], destination: Destination, filte
             continue
         if obj.size > MAX_OBJECT_SIZE:
             yield Task(obj, key, 'fail', 'larger than S3\'s 5 TiB object limit')
+            continue
+        there = index.pending(obj.key, obj.size)
+        if there is not None:
+            yield Task(obj, key, 'send', 'sent unless an object is there (then its HEAD decides)', there)
             continue
         existing = index.lookup(obj.key)
         if existing is not None and existing[0] == obj.size:
@@ -3695,6 +3872,10 @@ class FileTransfer:
                 try:
                     self.finished(self.stored(*sent) if sent else self._copy())
                     return None
+                except AlreadyThere:
+                    self.progress.add(files_skipped=1, bytes_skipped=task.source.size)
+                    logger.debug('skip %s: the object there is this file (%s)', task.key, self.config.CompareMode)
+                    return None
                 except RestartFile as change:
                     sent = None
                     if attempt == self.MAX_REDO:
@@ -3708,14 +3889,14 @@ class FileTransfer:
         except Stopped:
             raise
         except Exception as error:  # noqa: BLE001 - one failed file never stops the others
+            if self.destination.refuses(error):
+                raise Stopped() from None        # the writes are the write check, which refused the job
             code = error_code(error)
             if code in RUN_ENDING_ERROR_CODES:
                 what = 'refused the credentials' if code in CREDENTIAL_ERROR_CODES else 'refused the bucket'
                 self.engine.halt(f'the store {what} mid-run ({describe_error(error)}): fix that and run the same '
                                  'command again to resume')
                 raise Stopped() from None
-            if self.destination.refuses(error):
-                raise Stopped() from None        # the writes are the write check, which refused the job
             message = str(error) if isinstance(error, (SourceGone, VerifyError)) else describe_error(error)
             logger.error('FAILED %s: %s', task.key, message)
             logger.debug('failure detail for %s', task.key, exc_info=True)
@@ -3752,8 +3933,35 @@ class FileTransfer:
     def _put(self) -> str:
         with self.flow.memory.hold(self.flow.memory.whole_file(self.task.source.size)):
             put = self.prepare_put()
-            etag, echo = self.retry(f'PutObject {self.task.key}', self._store, put)
+            sent = self._put_unless_there(put, self.task.there) if self.task.there else None
+            etag, echo = sent or self.retry(f'PutObject {self.task.key}', self._store, put)
             return self.stored(put, etag, echo)
+
+    def _put_unless_there(self, put: SmallPut, there: Future) -> Optional[Tuple[str, str]]:
+        """PutObject sent before the key's HEAD (there) answered, on condition that no object is at the key:
+        (ETag, echo). When one is, or the try fails, the HEAD decides: AlreadyThere, or None (sent plainly)."""
+        destination = self.destination
+        try:
+            sent = destination.put(self.task.key, put.data, put.md5, put.args, put.checksum, only_new=True)
+        except Exception as error:  # noqa: BLE001 - a plain PutObject, retried, meets any other error again
+            self.check_refusal(put, error)
+            destination.condition_refused(error)
+            self._unless_there(there)
+            return None
+        destination.condition_taken(there, sent[0])
+        return sent
+
+    def _unless_there(self, there: Future) -> None:
+        """Raise AlreadyThere if the object at the key (its HEAD's answer) is this file, as the planner judges."""
+        obj, key = self.task.source, self.task.key
+        try:
+            head = there.result()
+        except Exception as error:  # noqa: BLE001 - asked again, with the retrier's patience
+            if not is_retryable(error):
+                raise
+            head = self.retry(f'HeadObject {key}', self.destination.head, key)
+        if head is not None and head.size == obj.size and (self.config.CompareMode == 'size' or self.unchanged()):
+            raise AlreadyThere()
 
     def prepare_put(self) -> SmallPut:
         """Read the whole file and make what its PutObject sends (waits for the bandwidth limit)."""
@@ -4443,6 +4651,8 @@ class Engine:
         except Stopped:
             pass
         except Exception as error:  # noqa: BLE001 - the files already planned still finish
+            if self.destination.check_refused():
+                return self.progress            # (the check's line says why)
             logger.error('listing failed: %s; files not yet listed are not copied in this run',
                          describe_error(error))
             logger.debug('listing failure detail', exc_info=True)
@@ -4887,8 +5097,10 @@ class RateMeter:
 class ProgressDisplay:
     """A live bar on a terminal, else a log line every few seconds."""
 
-    def __init__(self, progress: Progress, stream: Any = None, interval: Optional[float] = None) -> None:
+    def __init__(self, progress: Progress, stream: Any = None, interval: Optional[float] = None,
+                 after: Optional[Future] = None) -> None:
         self.progress = progress
+        self.after = after          # shown once this (the job's check) has passed
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
         self.interval = interval or (0.5 if self.tty else 5.0)
@@ -4908,6 +5120,8 @@ class ProgressDisplay:
 
     def _loop(self) -> None:
         while not self.done.wait(self.interval):
+            if self.after is not None and not (self.after.done() and self.after.exception() is None):
+                continue
             line = self.line()
             if self.tty:
                 ConsoleHandler.show_status(self.stream, line)
@@ -4964,10 +5178,20 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
     listing = in_background(destination.check_listing, write_check)     # both ends at once: they only read
     if not source.reads_locally:
         source.check()              # a source error is reported first, without waiting for the destination
+    known = facts.known(destination, not server_side) if facts and write_check else None
+    if facts:
+        facts.recall_store(destination)
+    # The first writes of a few files go beside the check if they cannot create a bucket its listing would find
+    # missing, and need not be named as the store names them (a storage class: learnt from the listing's answer)
+    if few and destination.creates_buckets is False and destination.options.storage_class == 'STANDARD':
+        if known:
+            destination.trust(known)
+        destination.check_beside(listing, retrier.stop.set)         # the first writes go beside the check
+        retrier.refused = destination.check_refused
+        return source, destination, server_side
     listing.result()
     if not write_check:
         return source, destination, server_side
-    known = facts.known(destination, not server_side) if facts else None
     if known:
         destination.trust(known)
     elif small:
@@ -5048,7 +5272,7 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         if dry_run:
             engine.dry_run(sys.stdout)
         elif show_progress:
-            with ProgressDisplay(engine.progress):
+            with ProgressDisplay(engine.progress, after=destination.pending_check):
                 engine.run()
         else:
             engine.run()

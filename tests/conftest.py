@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import boto3
 import botocore.config
@@ -220,6 +220,20 @@ def proxy(seaweed) -> Iterator[object]:
 
 
 @pytest.fixture
+def proxy_for() -> Iterator[Callable[[S3Server], object]]:
+    """Makes fault-injecting proxies in front of any server (stopped after the test)."""
+    from fault_proxy import FaultProxy
+    made: List[FaultProxy] = []
+
+    def make(server: S3Server) -> FaultProxy:
+        made.append(FaultProxy(server.endpoint))
+        return made[-1]
+    yield make
+    for fault_proxy in made:
+        fault_proxy.stop()
+
+
+@pytest.fixture
 def gcs(seaweed) -> Iterator[object]:
     """A Google Cloud Storage XML API front (tests/gcs_front.py) over SeaweedFS, with one bucket of its own."""
     from gcs_front import GcsFront
@@ -270,9 +284,10 @@ def aws_files(workspace) -> Dict[str, str]:
 
 
 @pytest.fixture
-def tool_env(aws_files) -> Dict[str, str]:
+def tool_env(aws_files, workspace) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
-    env.update(aws_files, AWS_EC2_METADATA_DISABLED='true', PYTHONUNBUFFERED='1')
+    env.update(aws_files, AWS_EC2_METADATA_DISABLED='true', PYTHONUNBUFFERED='1',
+               XDG_CACHE_HOME=str(workspace / 'cache'))      # botocore's models as the tool keeps them
     return env
 
 

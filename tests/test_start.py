@@ -19,6 +19,12 @@ def requests_of(proxy) -> list:
     return [(at - first, method, target) for at, (method, target, _agent) in zip(proxy.arrivals, proxy.agents)]
 
 
+def verdicts(tool) -> list:
+    """The write-check verdicts kept beside the journal."""
+    facts = json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())
+    return [fact for fact in facts.values() if 'checksum' in fact]
+
+
 def data_request_at(proxy, key: str) -> float:
     return next(at for at, method, target in requests_of(proxy) if method == 'PUT' and target.split('?')[0].endswith(key))
 
@@ -51,7 +57,7 @@ def test_a_larger_job_probes_once_and_its_reruns_trust_what_was_learned(seaweed,
     folder, settings = multipart_job(seaweed, proxy, tmp_path, bucket)
     assert tool.run(settings).code == 0
     assert any(method == 'POST' and 'write-check' in target for _, method, target in requests_of(proxy))
-    assert len(json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())) == 1
+    assert len(verdicts(tool)) == 1
     (folder / 'big.bin').write_bytes(b'c' * (7 * 1024 * 1024))
     proxy.agents.clear()
     proxy.arrivals.clear()
@@ -78,7 +84,7 @@ def test_what_was_learned_is_checked_again_once_contradicted(seaweed, proxy, too
     (folder / 'big.bin').write_bytes(b'z' * (6 * 1024 * 1024 + 1))
     refused = tool.run({**settings, 'DesProfileName': 'seaweed_readonly'})   # the same store, no longer writable
     assert refused.code == 2 and 'refuses our writes now' in refused.stderr, refused.stderr
-    assert json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text()) == {}
+    assert verdicts(tool) == []
     proxy.agents.clear()
     proxy.arrivals.clear()
     assert tool.run(settings).code == 0
@@ -98,3 +104,83 @@ def test_a_few_files_ask_head_instead_of_paging_through_a_large_destination_fold
     assert not any('continuation-token' in target for _, _, target in seen)      # one listing page, no more
     assert {target for _, method, target in seen if method == 'HEAD'} >= {f'/{bucket}/zz-new.txt', f'/{bucket}/zz-same.txt'}
     assert ran.report['files_transferred'] == 1 and ran.report['files_skipped'] == 1
+
+
+def store_facts(tool) -> dict:
+    """What the runs learned of the endpoints (not of a bucket and its write options)."""
+    facts = json.loads((tool.folder / 'log' / 's3_upload-stores.json').read_text())
+    return {json.loads(name)[0]: fact for name, fact in facts.items() if len(json.loads(name)) == 1}
+
+
+def restart_log(front) -> None:
+    front.clear()
+    front.agents.clear()
+    front.arrivals.clear()
+
+
+def test_a_few_small_files_go_with_the_first_requests_and_one_already_there_is_not_written_again(
+        moto, proxy_for, tool, tmp_path):
+    bucket = moto.bucket()
+    client = moto.client()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={'Status': 'Enabled'})
+    front = proxy_for(moto)
+    folder = write_tree(tmp_path / 'src', {'one.txt': b'1' * 1024})
+    settings = {**dest_settings(moto, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    assert tool.run(settings).code == 0
+    assert store_facts(tool)[front.endpoint]['creates_buckets'] is False       # learnt: no write makes a bucket
+    write_tree(folder, {'two.txt': b'2' * 2048})
+    restart_log(front)
+    front.add('delay', seconds=ROUND_TRIP, times=-1)
+    ran = tool.run(settings)
+    assert ran.code == 0, ran.stderr
+    assert data_request_at(front, '/two.txt') < 0.5 * ROUND_TRIP        # beside the check, not one round trip after
+    assert data_request_at(front, '/one.txt') < 0.5 * ROUND_TRIP        # sent on condition nothing is there
+    assert ran.report['files_transferred'] == 1 and ran.report['files_skipped'] == 1
+    versions = client.list_object_versions(Bucket=bucket)['Versions']
+    assert sorted(version['Key'] for version in versions) == ['one.txt', 'two.txt']     # one.txt not written again
+    assert store_facts(tool)[front.endpoint]['conditional_writes'] is True
+    write_tree(folder, {'one.txt': b'one, changed'})
+    changed = tool.run(settings)
+    assert changed.code == 0 and changed.report['files_transferred'] == 1, changed.stderr
+    assert client.get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'one, changed'
+
+
+def test_a_store_that_ignores_the_condition_is_remembered_and_gets_no_write_before_its_head(
+        rclone, proxy_for, tool, tmp_path):
+    bucket = rclone.bucket()
+    front = proxy_for(rclone)
+    folder = write_tree(tmp_path / 'src', {'one.txt': b'1' * 1024})
+    settings = {**dest_settings(rclone, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    assert tool.run(settings).code == 0
+    write_tree(folder, {'one.txt': b'one, changed'})
+    front.add('delay', method='PUT', seconds=ROUND_TRIP)          # its HEAD answers first: the old object is there
+    assert tool.run(settings).code == 0
+    assert store_facts(tool)[front.endpoint]['conditional_writes'] is False     # rclone wrote over it all the same
+    assert rclone.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'one, changed'
+    write_tree(folder, {'one.txt': b'one, changed again'})
+    restart_log(front)
+    front.add('delay', seconds=ROUND_TRIP, times=-1)
+    assert tool.run(settings).code == 0
+    assert data_request_at(front, '/one.txt') > 0.9 * ROUND_TRIP        # after its HEAD answered
+    assert rclone.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'one, changed again'
+
+
+def test_the_first_writes_wait_for_the_check_on_a_store_that_makes_missing_buckets(seaweed, proxy, tool, tmp_path):
+    assert tool.run(one_file_job(seaweed, proxy, tmp_path, seaweed.bucket())).code == 0
+    assert store_facts(tool)[proxy.endpoint]['creates_buckets'] is True         # SeaweedFS makes a bucket on a PUT
+    typo = 'no-such-bucket-' + seaweed.bucket()
+    ran = tool.run(one_file_job(seaweed, proxy, tmp_path, typo))
+    assert ran.code == 2 and 'does not exist' in ran.stderr, ran.stderr
+    assert typo not in [b['Name'] for b in seaweed.client().list_buckets()['Buckets']]      # not made by a write
+
+
+def test_a_missing_bucket_refuses_a_job_whose_first_writes_went_beside_the_check(moto, proxy_for, tool, tmp_path):
+    front = proxy_for(moto)
+    folder = write_tree(tmp_path / 'src', {'one.txt': b'1' * 1024})
+    assert tool.run({**dest_settings(moto, moto.bucket(), SrcDir=folder), 'DesEndPointURL': front.endpoint}).code == 0
+    restart_log(front)
+    ran = tool.run({**dest_settings(moto, 'no-such-bucket-here', SrcDir=folder), 'DesEndPointURL': front.endpoint})
+    assert ran.code == 2, ran.stderr
+    assert any(method == 'PUT' for method, _target, _agent in front.agents)     # it went beside the check
+    lines = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'does not exist' in lines[0] and 'Traceback' not in ran.stderr, ran.stderr
