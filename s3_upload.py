@@ -2520,6 +2520,8 @@ class Destination:
         self.trusted = False                        # that answer came from an earlier run (StoreFacts)
         self.heads: Dict[str, Future] = {}          # HEADs of a few files' keys, sent beside the check's listing
         self.pending_check: Optional[Future] = None     # that listing, when the first writes do not wait for it
+        self.checked_page: Optional[Dict[str, Any]] = None  # its first page
+        self.written_unless_there: Dict[str, str] = {}  # key -> ETag of writes sent before the listing answered
         self.conditional_writes: Optional[bool] = None  # the store honours If-None-Match on PutObject (None: unknown)
         endpoint = self.endpoint or ''
         # Whether a write to a missing bucket creates it (then no write may go before the check's listing)
@@ -2542,8 +2544,8 @@ class Destination:
         loading = in_background(self.load_upload_index, False) if index else None
         handshake = in_background(_connect_seconds, self.endpoint)
         started = time.monotonic()
-        self.first_page = check_bucket(self.client, self.bucket, self.prefix, 'destination', self.payer,
-                                       self.page_size)
+        self.first_page = self.checked_page = check_bucket(self.client, self.bucket, self.prefix, 'destination',
+                                                           self.payer, self.page_size)
         # A first measure of the round trip (the write check's is closer): the listing went on a new connection,
         # so it took TCP's handshake too, which is measured beside it.
         took = time.monotonic() - started
@@ -2740,6 +2742,8 @@ class Destination:
 
     def objects(self) -> Iterator[Tuple[str, int, str]]:
         """(relative key, size, etag) of every object below the prefix, in key order."""
+        if self.check_refused():        # its first page is the check's listing, gone on beside the first writes
+            raise Stopped()
         first_page, self.first_page = self.first_page, None
         for item in list_objects(self.client, self.bucket, self.prefix, self.page_size, self.retry, self.payer,
                                  first_page=first_page):
@@ -2852,13 +2856,26 @@ class Destination:
         elif code in ('NotImplemented', 'InvalidRequest', 'InvalidArgument') or status == 501:
             self.conditional_writes = False
 
-    def condition_taken(self, there: Future, etag: str) -> None:
-        """Such a PutObject succeeded: if the key's HEAD, sent beside it, found another object there, the store
-        ignores the condition, and the next writes wait for their HEAD (they would replace unchanged objects)."""
-        if there.done() and there.exception() is None:
+    def condition_taken(self, key: str, etag: str, there: Optional[Future] = None) -> None:
+        """Such a PutObject succeeded. If the key's HEAD, sent beside it (there), found another object there,
+        the store ignores the condition, and the next writes wait for their answer (they would replace
+        unchanged objects); without a HEAD, the check's listing tells (judge_conditions)."""
+        if there is None:
+            with self.index_lock:
+                self.written_unless_there[key] = etag
+        elif there.done() and there.exception() is None:
             head = there.result()
             if head is not None and clean_etag(head.etag) != clean_etag(etag):
                 self.conditional_writes = False
+
+    def judge_conditions(self) -> None:
+        """After the run: an object the check's listing found, with another ETag, at a key written on
+        condition that no object was there shows that the store ignores the condition."""
+        listed = {item['Key']: item.get('ETag', '') for item in (self.checked_page or {}).get('Contents', ())}
+        if self.conditional_writes is None and any(
+                key in listed and clean_etag(listed[key]) != clean_etag(etag)
+                for key, etag in self.written_unless_there.items()):
+            self.conditional_writes = False
 
     def _echo(self, response: Dict[str, Any]) -> str:
         """The additional checksum the store reports back for what it received ('' if none)."""
@@ -2881,11 +2898,15 @@ class Destination:
         return _etag_of(response, 'PutObject'), self._echo(response)
 
     def put_async(self, key: str, data: bytes, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes],
-                  done: Callable[[Optional[Tuple[str, str]], Optional[BaseException]], None]) -> bool:
+                  done: Callable[[Optional[Tuple[str, str]], Optional[BaseException]], None],
+                  only_new: bool = False) -> bool:
         """put without waiting, through the awscrt lane: its thread calls done((ETag, echo), None) or
         done(None, error) at the end. False (and no call) when the lane cannot carry it."""
         if not self.lane or len(data) > self.lane.MAX_BODY:
             return False
+        params = self._put_params(md5, args, checksum)
+        if only_new:
+            params['IfNoneMatch'] = '*'
 
         def answered(response: Optional[Dict[str, str]], error: Optional[BaseException]) -> None:
             if response is None:
@@ -2897,7 +2918,7 @@ class Destination:
                 return done(None, malformed)
             done(stored, None)
 
-        return self.lane.put_async(self.bucket, key, data, self._put_params(md5, args, checksum), answered)
+        return self.lane.put_async(self.bucket, key, data, params, answered)
 
     def _put_params(self, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes]) -> Dict[str, Any]:
         return {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
@@ -3010,7 +3031,7 @@ class StoreFacts:
     def known(self, destination: Destination, probe_checksum: bool) -> Optional[Dict[str, Any]]:
         return self.facts.get(self.name(destination, probe_checksum))
 
-    STORE_FACTS = ('conditional_writes', 'creates_buckets')     # facts of the endpoint, whatever the bucket
+    STORE_FACTS = ('conditional_writes', 'creates_buckets', 'round_trip')     # of the endpoint, whatever the bucket
 
     def recall_store(self, destination: Destination) -> None:
         """Tell the destination what earlier runs learned of its endpoint (what it does not know itself)."""
@@ -3023,7 +3044,10 @@ class StoreFacts:
         """Keep what the write check and the writes found (nothing if they found nothing new)."""
         name = json.dumps([destination.endpoint])
         store = {fact: getattr(destination, fact) for fact in self.STORE_FACTS if getattr(destination, fact) is not None}
-        learned = bool(store) and store != self.facts.get(name)
+        before = self.facts.get(name, {})
+        if before.get('round_trip') and 0.8 < store.get('round_trip', 0) / before['round_trip'] < 1.25:
+            store['round_trip'] = before['round_trip']      # the same link: not written again for a jitter
+        learned = bool(store) and store != before
         if learned:
             self.facts[name] = store
         if destination.verdict is not None and not destination.trusted:
@@ -3127,7 +3151,13 @@ class Task:
     key: str                  # destination key
     action: str               # 'send', 'skip', 'check' (same size there: compare more), 'exclude' or 'fail'
     reason: str = ''
-    there: Optional[Future] = None    # 'send' before the key's HEAD answered: sent only if no object is there
+    only_new: bool = False            # sent before the destination's answer for the key: only if no object is there
+    there: Optional[Future] = None    # ... and that answer (a HEAD in flight), if one was asked
+
+
+# A small file may go before the destination says whether its key is taken, on condition that it is not
+# (If-None-Match: *): a body this small costs little more than the round trip it saves, if sent for nothing.
+CONDITIONAL_PUT_BYTES = 64 * 1024
 
 
 class DestinationIndex:
@@ -3144,7 +3174,19 @@ class DestinationIndex:
         self.last_asked = ''
         self.last_listed = ''
         self.fallback: Optional[Dict[str, Tuple[int, str]]] = None
-        self._advance()
+        self.started = False        # the listing is read from the first lookup on
+
+    def unknown(self, key: str, size: int) -> bool:
+        """Whether this file goes before the listing answers (its first page is the check's, still on its way
+        beside the first writes): then only if no object is at its key."""
+        check = self.destination.pending_check
+        return (not self.started and check is not None and not check.done() and size <= CONDITIONAL_PUT_BYTES
+                and self.destination.conditional_writes is not False)
+
+    @staticmethod
+    def asked(key: str) -> Optional[Future]:
+        """The HEAD in flight for this key (none: the listing answers)."""
+        return None
 
     def _advance(self) -> None:
         self.head = next(self.listing, None)
@@ -3159,13 +3201,11 @@ class DestinationIndex:
         self.fallback = {key: (size, etag) for key, size, etag in self.destination.objects()}
         self.head = None
 
-    @staticmethod
-    def pending(key: str, size: int) -> Optional[Future]:
-        """Every key is answered by the listing: none is sent before its answer."""
-        return None
-
     def lookup(self, key: str) -> Optional[Tuple[int, str]]:
         """(size, etag) of the destination object with this relative key, or None."""
+        if not self.started:
+            self.started = True
+            self._advance()
         if self.fallback is None and key < self.last_asked:
             self._use_fallback('source listing is not in key order')
         self.last_asked = key
@@ -3184,21 +3224,20 @@ class HeadIndex:
     """For a job of a few files whose destination folder does not fit one listing page (or is not listed
     before the first writes): each key asked by HEAD, all at once (the HEADs were sent beside the check's
     listing), instead of paging through the folder. A file of up to CONDITIONAL_PUT_BYTES need not wait for
-    its HEAD: it is sent at once, if the store takes the condition that no object is at the key yet."""
-
-    CONDITIONAL_PUT_BYTES = 64 * 1024     # a body this small costs little more than the HEAD, if sent for nothing
+    its HEAD: it is sent at once, on condition that no object is at the key yet."""
 
     def __init__(self, destination: Destination, answers: Dict[str, Future]) -> None:
         self.destination = destination
         self.answers = answers
 
-    def pending(self, key: str, size: int) -> Optional[Future]:
-        """The HEAD of a small file, when the file may be sent before it answers (None: wait for it)."""
+    def unknown(self, key: str, size: int) -> bool:
+        """Whether this file goes before its HEAD answers (then only if no object is at its key)."""
         answer = self.answers.get(key)
-        if (answer is None or answer.done() or size > self.CONDITIONAL_PUT_BYTES
-                or self.destination.conditional_writes is False):
-            return None
-        return answer
+        return (answer is not None and not answer.done() and size <= CONDITIONAL_PUT_BYTES
+                and self.destination.conditional_writes is not False)
+
+    def asked(self, key: str) -> Optional[Future]:
+        return self.answers.get(key)
 
     def lookup(self, key: str) -> Optional[Tuple[int, str]]:
         answer = self.answers.get(key)
@@ -3227,9 +3266,8 @@ def plan(source_objects: Iterable[SourceObject], destination: Destination, filte
         if obj.size > MAX_OBJECT_SIZE:
             yield Task(obj, key, 'fail', 'larger than S3\'s 5 TiB object limit')
             continue
-        there = index.pending(obj.key, obj.size)
-        if there is not None:
-            yield Task(obj, key, 'send', 'sent unless an object is there (then its HEAD decides)', there)
+        if index.unknown(obj.key, obj.size):
+            yield Task(obj, key, 'send', 'sent unless an object is there', only_new=True, there=index.asked(obj.key))
             continue
         existing = index.lookup(obj.key)
         if existing is not None and existing[0] == obj.size:
@@ -3563,7 +3601,7 @@ class InFlightWindow:
     BYTES_PER_SECOND = 2560 * MiB       # ...and when it is far, as much as this rate needs (Little's law),
     START_BYTES_FAR = 256 * MiB         # up to this (256 MiB at 100 ms)
     START_FILES = 32            # files in flight at the start when the store is near...
-    FILES_PER_SECOND = 1280     # ...and when it is far, as many as this rate needs
+    FILES_PER_SECOND = 2560     # ...and when it is far, as many as this rate needs
     GAIN = 1.15
     REST = 30.0
 
@@ -3584,6 +3622,14 @@ class InFlightWindow:
         self._set(1.0, rest=False)
         logger.debug('in flight: %s at the start (round trip %s)', self,
                      'unknown' if round_trip is None else f'{round_trip * 1000:.0f} ms')
+
+    def measured(self, round_trip: Optional[float]) -> None:
+        """The round trip, measured once the transfer had started: the start is what it needs, if the window
+        has not moved yet."""
+        if round_trip is not None and self.scale == 1.0 and self.rate_before is None:
+            self.start_bytes = self.bytes_to_start(round_trip)
+            self.start_files = self.files_to_start(round_trip)
+            self._set(1.0, rest=False)
 
     def tick(self, rate: float, errors: bool) -> None:
         """One measured second: rate is bytes/s moved in it; errors, whether requests had to be retried."""
@@ -3933,13 +3979,14 @@ class FileTransfer:
     def _put(self) -> str:
         with self.flow.memory.hold(self.flow.memory.whole_file(self.task.source.size)):
             put = self.prepare_put()
-            sent = self._put_unless_there(put, self.task.there) if self.task.there else None
+            sent = self._put_unless_there(put, self.task.there) if self.task.only_new else None
             etag, echo = sent or self.retry(f'PutObject {self.task.key}', self._store, put)
             return self.stored(put, etag, echo)
 
-    def _put_unless_there(self, put: SmallPut, there: Future) -> Optional[Tuple[str, str]]:
-        """PutObject sent before the key's HEAD (there) answered, on condition that no object is at the key:
-        (ETag, echo). When one is, or the try fails, the HEAD decides: AlreadyThere, or None (sent plainly)."""
+    def _put_unless_there(self, put: SmallPut, there: Optional[Future]) -> Optional[Tuple[str, str]]:
+        """PutObject sent before the destination answered for the key (there: its HEAD, if one was asked), on
+        condition that no object is at the key: (ETag, echo). When one is, or the try fails, the HEAD decides:
+        AlreadyThere, or None (sent plainly)."""
         destination = self.destination
         try:
             sent = destination.put(self.task.key, put.data, put.md5, put.args, put.checksum, only_new=True)
@@ -3948,13 +3995,15 @@ class FileTransfer:
             destination.condition_refused(error)
             self._unless_there(there)
             return None
-        destination.condition_taken(there, sent[0])
+        destination.condition_taken(self.task.key, sent[0], there)
         return sent
 
-    def _unless_there(self, there: Future) -> None:
+    def _unless_there(self, there: Optional[Future]) -> None:
         """Raise AlreadyThere if the object at the key (its HEAD's answer) is this file, as the planner judges."""
         obj, key = self.task.source, self.task.key
         try:
+            if there is None:
+                raise ConnectionError('no HEAD asked yet')
             head = there.result()
         except Exception as error:  # noqa: BLE001 - asked again, with the retrier's patience
             if not is_retryable(error):
@@ -4076,6 +4125,8 @@ class FileTransfer:
         head = self.retry(f'HeadObject {key}', self.destination.head, key)
         if head is None or head.size != obj.size:
             return False
+        if self.config.CompareMode == 'size':      # (a file found there after a write on condition it was not)
+            return True
         if self.config.CompareMode == 'identity':
             stamp = self.source.stamp(obj)
             if all(head.metadata.get(name) == value for name, value in stamp.items()):
@@ -4543,7 +4594,7 @@ class QuickPuts:
     def _put(self, transfer: FileTransfer, put: SmallPut, room: int) -> bool:
         return self.engine.destination.put_async(
             transfer.task.key, put.data, put.md5, put.args, put.checksum,
-            lambda stored, error: self._answered(transfer, put, room, stored, error))
+            lambda stored, error: self._answered(transfer, put, room, stored, error), transfer.task.only_new)
 
     def _fetched(self, transfer: FileTransfer, room: int, fetched: Optional[Tuple[bytes, Info]],
                  error: Optional[BaseException]) -> None:
@@ -4565,9 +4616,13 @@ class QuickPuts:
         try:
             if stored is None:
                 failure = error or MalformedResponse('PutObject: no answer')
+                if task.only_new and self._found_there(task, room, failure):
+                    return
                 transfer.check_refusal(put, failure)
                 raise failure
             how = transfer.proven(put, *stored)
+            if task.only_new:
+                self.engine.destination.condition_taken(task.key, stored[0], task.there)
         except Exception as failure:  # noqa: BLE001 - the worker sends it again, with the retrier's patience
             self._to_worker(task, room, 'PutObject', failure)
             return
@@ -4577,6 +4632,17 @@ class QuickPuts:
         transfer.count(put)
         transfer.finished(how)
         self._ended(task.key, room, then=self.flow.files.release)
+
+    def _found_there(self, task: Task, room: int, failure: BaseException) -> bool:
+        """A write on condition that no object was at its key, refused for one (or for the condition): a
+        worker compares the object there with the file, and sends it only if they differ."""
+        destination = self.engine.destination
+        destination.condition_refused(failure)
+        if error_code(failure) not in CONDITION_FAILED and destination.conditional_writes is not False:
+            return False
+        compare = dataclasses.replace(task, action='check', only_new=False)
+        self._ended(task.key, room, then=lambda: self.hand_over(compare, None, False))
+        return True
 
     def _to_worker(self, task: Task, room: int, what: str, failure: Optional[BaseException] = None,
                    sent: Optional[Sent] = None) -> None:
@@ -4618,6 +4684,9 @@ class Engine:
         self.filters = filters
         self.shortcuts = Shortcuts(destination, server_side, etags_known=config.DesEndPointURL is None)
         self.flow = Flow(config, self.stop, destination.round_trip)
+        window, check = self.flow.window, destination.pending_check
+        if window and check:        # the check's listing measures the round trip beside the first transfers
+            check.add_done_callback(lambda _: window.measured(destination.round_trip))
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
 
     def halt(self, why: str) -> None:
@@ -5181,9 +5250,9 @@ def open_job(config: Config, retrier: Retrier, write_check: bool = True,
     known = facts.known(destination, not server_side) if facts and write_check else None
     if facts:
         facts.recall_store(destination)
-    # The first writes of a few files go beside the check if they cannot create a bucket its listing would find
+    # A short job's first writes go beside the check if they cannot create a bucket its listing would find
     # missing, and need not be named as the store names them (a storage class: learnt from the listing's answer)
-    if few and destination.creates_buckets is False and destination.options.storage_class == 'STANDARD':
+    if small and destination.creates_buckets is False and destination.options.storage_class == 'STANDARD':
         if known:
             destination.trust(known)
         destination.check_beside(listing, retrier.stop.set)         # the first writes go beside the check
@@ -5287,6 +5356,7 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         accepted()
         logger.info(*start_line)
     report = Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
+    destination.judge_conditions()
     probe_checksum = not server_side
     if destination.trusted and _writes_refused(report):
         facts.forget(destination, probe_checksum)      # contradicted: the next run checks again

@@ -73,6 +73,7 @@ def test_streamed_plan_skips_exactly_what_is_there(seaweed, tmp_path):
 class FakeListing:
     """A destination whose listing order we choose (real servers always sort; this tests the guard)."""
     prefix = ''
+    pending_check = None        # listed before the first writes
 
     def __init__(self, items):
         self.items = items

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import dest_settings, write_tree
+from conftest import bucket_contents, dest_settings, write_tree
 
 ROUND_TRIP = 0.3
 
@@ -184,3 +184,47 @@ def test_a_missing_bucket_refuses_a_job_whose_first_writes_went_beside_the_check
     assert any(method == 'PUT' for method, _target, _agent in front.agents)     # it went beside the check
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and 'does not exist' in lines[0] and 'Traceback' not in ran.stderr, ran.stderr
+
+
+def forty_files(folder, changed: bytes = b'') -> dict:
+    """A short job of more files than are asked by HEAD: its destination is listed."""
+    files = {f'f{number:02}.txt': bytes([65 + number % 26]) * (1000 + number) for number in range(40)}
+    if changed:
+        files['f07.txt'] = changed
+    return files
+
+
+def test_a_short_jobs_first_writes_go_beside_its_listing_and_objects_already_there_are_not_written_again(
+        moto, proxy_for, tool, tmp_path):
+    bucket = moto.bucket()
+    client = moto.client()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={'Status': 'Enabled'})
+    front = proxy_for(moto)
+    folder = write_tree(tmp_path / 'src', forty_files(tmp_path))
+    settings = {**dest_settings(moto, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    assert tool.run({**settings, 'SrcFileIndex': 'f00.txt'}).code == 0        # the store is known from now on
+    write_tree(folder, {'f07.txt': b'changed since it was copied'})
+    client.put_object(Bucket=bucket, Key='f07.txt', Body=b'7' * 1007)        # there, and not this file
+    restart_log(front)
+    front.add('delay', seconds=ROUND_TRIP, times=-1)
+    ran = tool.run(settings)
+    assert ran.code == 0, ran.stderr
+    assert data_request_at(front, '/f01.txt') < 0.5 * ROUND_TRIP           # not after the listing's round trip
+    assert ran.report['files_transferred'] == 39 and ran.report['files_skipped'] == 1
+    versions = [version['Key'] for version in client.list_object_versions(Bucket=bucket)['Versions']]
+    assert versions.count('f00.txt') == 1                                   # found there: not written again
+    assert client.get_object(Bucket=bucket, Key='f07.txt')['Body'].read() == b'changed since it was copied'
+    assert sorted(bucket_contents(moto, bucket)) == sorted(forty_files(tmp_path))
+
+
+def test_a_store_that_ignores_the_condition_is_found_out_by_the_listing(rclone, proxy_for, tool, tmp_path):
+    bucket = rclone.bucket()
+    front = proxy_for(rclone)
+    folder = write_tree(tmp_path / 'src', forty_files(tmp_path))
+    settings = {**dest_settings(rclone, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    assert tool.run({**settings, 'SrcFileIndex': 'f00.txt'}).code == 0
+    rclone.client().put_object(Bucket=bucket, Key='f07.txt', Body=b'another object')
+    front.add('delay', method='PUT', seconds=ROUND_TRIP, times=-1)         # the listing sees it before the writes
+    assert tool.run(settings).code == 0
+    assert store_facts(tool)[front.endpoint]['conditional_writes'] is False
+    assert bucket_contents(rclone, bucket) == forty_files(tmp_path)
