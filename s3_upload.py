@@ -54,7 +54,6 @@ import configparser
 import contextlib
 import dataclasses
 import datetime
-import email.utils
 import errno
 import fnmatch
 import gc
@@ -304,7 +303,7 @@ OPTIONS: Tuple[Option, ...] = (
            'about 100 MiB more'),
     Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'),
            'auto: the data in flight starts at 2.5 GiB/s x the round trip (64 to 256 MiB), the files in '
-           'flight at 1,280/s x the round trip (at least 32), and both double while that raises '
+           'flight at 2,560/s x the round trip (at least 32), and both double while that raises '
            'throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from'
            ' the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES),
@@ -943,7 +942,8 @@ def parse_timestamp(value: Any) -> datetime.datetime:
         if isinstance(value, str) and value[4:5] == '-':
             moment = datetime.datetime.fromisoformat(value[:-1] + '+00:00' if value.endswith('Z') else value)
         else:
-            moment = email.utils.parsedate_to_datetime(value)
+            from email.utils import parsedate_to_datetime     # (only S3 sources answer with headers to parse)
+            moment = parsedate_to_datetime(value)
         if moment.tzinfo is not None:
             return moment
     except (TypeError, ValueError, IndexError):
@@ -952,8 +952,8 @@ def parse_timestamp(value: Any) -> datetime.datetime:
 
 
 def import_botocore(crt: bool = True) -> None:
-    """Import botocore; crt=False: without awscrt, which botocore loads at import (a tenth of a short job's
-    start) for what a job without the CRT lane never asks of it (SigV4a, CRC checks of downloads)."""
+    """Import botocore; crt=False: without awscrt, which botocore loads at import (its native library is
+    slow to load) for what a job without the CRT lane never asks of it (SigV4a, CRC checks of downloads)."""
     if crt or 'botocore' in sys.modules or 'awscrt' in sys.modules:
         import botocore.session  # noqa: F401 - imported for the caller
         return
@@ -965,8 +965,8 @@ def import_botocore(crt: bool = True) -> None:
 
 
 class ModelCache:
-    """botocore's parsed S3 model, endpoint rules and partitions, kept between runs (marshal reads them
-    ten times faster than their JSON): a file per botocore and Python version in ~/.cache/s3_upload."""
+    """botocore's parsed S3 model, endpoint rules and partitions, kept between runs (marshal reads them far
+    faster than JSON is parsed): a file per botocore and Python version in ~/.cache/s3_upload."""
 
     def __init__(self, session: Any) -> None:
         import botocore
@@ -1258,6 +1258,7 @@ class CrtLane:
             if location == 'headers':
                 headers.extend((header + key, text) for key, text in value.items())
             elif kind == 'timestamp':
+                import email.utils
                 moment = value.astimezone(datetime.timezone.utc)
                 headers.append((header, moment.strftime('%Y-%m-%dT%H:%M:%SZ') if stamp == 'iso8601'
                                 else email.utils.format_datetime(moment, usegmt=True)))

@@ -470,7 +470,20 @@ def test_window_moves_the_files_in_flight_with_the_bytes_up_to_max_parallel_file
 def test_window_starts_with_as_many_files_as_the_round_trip_needs():
     from s3_upload import InFlightWindow
     assert InFlightWindow.files_to_start(None) == InFlightWindow.files_to_start(0.002) == InFlightWindow.START_FILES
-    assert InFlightWindow.files_to_start(0.1) == 128 and InFlightWindow.files_to_start(0.25) == 320
+    assert InFlightWindow.files_to_start(0.1) == 256 and InFlightWindow.files_to_start(0.25) == 640
+
+
+def test_a_round_trip_measured_once_files_are_in_flight_sets_the_start_unless_the_window_moved():
+    """A short job's first writes leave before its listing has measured the round trip."""
+    from s3_upload import InFlightWindow
+    window, memory, clock = window_of(1024 * MiB)
+    assert window.files.limit == InFlightWindow.START_FILES
+    window.measured(0.1)
+    assert window.files.limit == 256 and memory.limit == 256 * MiB
+    moved, moved_memory, clock = window_of(1024 * MiB)
+    assert [second(moved, moved_memory, clock, 10) for _ in range(2)] == [1, 2]        # it doubled
+    moved.measured(0.1)
+    assert moved.files.limit == 2 * InFlightWindow.START_FILES
 
 
 def test_window_starts_with_little_data_in_flight_when_the_store_is_near():

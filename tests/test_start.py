@@ -224,7 +224,8 @@ def test_a_store_that_ignores_the_condition_is_found_out_by_the_listing(rclone, 
     settings = {**dest_settings(rclone, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
     assert tool.run({**settings, 'SrcFileIndex': 'f00.txt'}).code == 0
     rclone.client().put_object(Bucket=bucket, Key='f07.txt', Body=b'another object')
-    front.add('delay', method='PUT', seconds=ROUND_TRIP, times=-1)         # the listing sees it before the writes
+    front.add('delay', method='GET', match='list-type', seconds=ROUND_TRIP)    # the files go before it answers,
+    front.add('delay', method='PUT', seconds=2 * ROUND_TRIP, times=-1)          # and it sees f07.txt before them
     assert tool.run(settings).code == 0
     assert store_facts(tool)[front.endpoint]['conditional_writes'] is False
     assert bucket_contents(rclone, bucket) == forty_files(tmp_path)
