@@ -303,9 +303,10 @@ OPTIONS: Tuple[Option, ...] = (
            'about 100 MiB more'),
     Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'),
            'auto: the data in flight starts at 2.5 GiB/s x the round trip (64 to 256 MiB), the files in '
-           'flight at 2,560/s x the round trip (at least 32), and both double while that raises '
-           'throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from'
-           ' the start'),
+           'flight at 2,560/s x the round trip (at least 32), those sent in one request at most 160 MiB/s x '
+           'the round trip on a long link (each is a TCP flow in slow start), and all double while that '
+           'raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits'
+           ' from the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES),
            "storage class of the new objects (S3's names; on Google Cloud Storage also NEARLINE, COLDLINE, ARCHIVE, and "
            "S3's are written as GCS's: STANDARD_IA as NEARLINE, GLACIER_IR as COLDLINE, GLACIER and DEEP_ARCHIVE as "
@@ -3157,8 +3158,23 @@ class Task:
 
 
 # A small file may go before the destination says whether its key is taken, on condition that it is not
-# (If-None-Match: *): a body this small costs little more than the round trip it saves, if sent for nothing.
-CONDITIONAL_PUT_BYTES = 64 * 1024
+# (If-None-Match: *), and so may this many bytes of them in all: what a rerun sends for nothing when the files
+# are there already.
+CONDITIONAL_PUT_BYTES, CONDITIONAL_BYTES = 256 * 1024, 4 * MiB
+
+
+class Unanswered:
+    """The bytes of files sent before the destination answered for their keys, up to CONDITIONAL_BYTES."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def take(self, size: int) -> bool:
+        """Whether a file of this size may go before the answer (its bytes are then counted)."""
+        if size > CONDITIONAL_PUT_BYTES or self.sent + size > CONDITIONAL_BYTES:
+            return False
+        self.sent += size
+        return True
 
 
 class DestinationIndex:
@@ -3176,13 +3192,14 @@ class DestinationIndex:
         self.last_listed = ''
         self.fallback: Optional[Dict[str, Tuple[int, str]]] = None
         self.started = False        # the listing is read from the first lookup on
+        self.unanswered = Unanswered()
 
     def unknown(self, key: str, size: int) -> bool:
         """Whether this file goes before the listing answers (its first page is the check's, still on its way
         beside the first writes): then only if no object is at its key."""
         check = self.destination.pending_check
-        return (not self.started and check is not None and not check.done() and size <= CONDITIONAL_PUT_BYTES
-                and self.destination.conditional_writes is not False)
+        return (not self.started and check is not None and not check.done()
+                and self.destination.conditional_writes is not False and self.unanswered.take(size))
 
     @staticmethod
     def asked(key: str) -> Optional[Future]:
@@ -3224,18 +3241,19 @@ class DestinationIndex:
 class HeadIndex:
     """For a job of a few files whose destination folder does not fit one listing page (or is not listed
     before the first writes): each key asked by HEAD, all at once (the HEADs were sent beside the check's
-    listing), instead of paging through the folder. A file of up to CONDITIONAL_PUT_BYTES need not wait for
-    its HEAD: it is sent at once, on condition that no object is at the key yet."""
+    listing), instead of paging through the folder. A small file need not wait for its HEAD (Unanswered): it
+    is sent at once, on condition that no object is at the key yet."""
 
     def __init__(self, destination: Destination, answers: Dict[str, Future]) -> None:
         self.destination = destination
         self.answers = answers
+        self.unanswered = Unanswered()
 
     def unknown(self, key: str, size: int) -> bool:
         """Whether this file goes before its HEAD answers (then only if no object is at its key)."""
         answer = self.answers.get(key)
-        return (answer is not None and not answer.done() and size <= CONDITIONAL_PUT_BYTES
-                and self.destination.conditional_writes is not False)
+        return (answer is not None and not answer.done() and self.destination.conditional_writes is not False
+                and self.unanswered.take(size))
 
     def asked(self, key: str) -> Optional[Future]:
         return self.answers.get(key)
@@ -3555,35 +3573,44 @@ class MemoryBudget:
 
 
 class FileGate:
-    """Files in flight stay under a limit, which an InFlightWindow may move. The planner takes a turn
-    before it starts a file, and whoever ends the file (its worker, or the lane's answer to a small PUT)
-    gives it back: no worker thread ever waits for a turn. `waited`: a file had to wait since it was cleared."""
+    """Files in flight stay under a limit, and the bytes of the files sent in one request under another
+    (each such file is a TCP flow in slow start: on a long link, hundreds of them at once overflow its
+    queues); an InFlightWindow may move both. The planner takes a turn before it starts a file, and whoever
+    ends the file (its worker, or the lane's answer to a small PUT) gives it back: no worker thread ever
+    waits for a turn. `waited`: a file had to wait since it was cleared."""
 
-    def __init__(self, limit: int, stop: threading.Event) -> None:
+    def __init__(self, limit: int, stop: threading.Event, bytes_limit: float = math.inf) -> None:
         self.limit = limit
+        self.bytes_limit = bytes_limit
         self.stop = stop
         self.used = 0
+        self.bytes_used = 0
         self.waited = False
         self.turn = threading.Condition()
 
-    def acquire(self) -> None:
-        """Wait for a turn; raises Stopped once the run stops."""
+    def acquire(self, size: int = 0) -> None:
+        """Wait for a turn for a file (size: its bytes, if it goes in one request); raises Stopped once the
+        run stops. A file larger than the byte limit goes alone."""
         with self.turn:
-            while self.used >= self.limit or self.stop.is_set():
+            while (self.used >= self.limit or self.stop.is_set() or
+                   (self.bytes_used and self.bytes_used + size > self.bytes_limit)):
                 if self.stop.is_set():
                     raise Stopped()
                 self.waited = True
                 self.turn.wait(1.0)
             self.used += 1
+            self.bytes_used += size
 
-    def release(self) -> None:
+    def release(self, size: int = 0) -> None:
         with self.turn:
             self.used -= 1
-            self.turn.notify()
+            self.bytes_used -= size
+            self.turn.notify_all()      # (a waiting file may need the bytes more than one file frees)
 
-    def resize(self, limit: int) -> None:
+    def resize(self, limit: int, bytes_limit: float = math.inf) -> None:
         with self.turn:
             self.limit = limit
+            self.bytes_limit = bytes_limit
             self.turn.notify_all()
 
 
@@ -3602,7 +3629,9 @@ class InFlightWindow:
     BYTES_PER_SECOND = 2560 * MiB       # ...and when it is far, as much as this rate needs (Little's law),
     START_BYTES_FAR = 256 * MiB         # up to this (256 MiB at 100 ms)
     START_FILES = 32            # files in flight at the start when the store is near...
-    FILES_PER_SECOND = 2560     # ...and when it is far, as many as this rate needs
+    FILES_PER_SECOND = 2560     # ...and when it is far, as many as this rate needs,
+    REQUEST_BYTES_PER_SECOND = 160 * MiB    # holding at most this rate's worth of one-request files
+    NEAR = 0.01                 # (a round trip below this: no such limit)
     GAIN = 1.15
     REST = 30.0
 
@@ -3614,6 +3643,7 @@ class InFlightWindow:
         self.files_ceiling = files_ceiling
         self.start_bytes = self.bytes_to_start(round_trip)
         self.start_files = self.files_to_start(round_trip)
+        self.start_request_bytes = self.request_bytes_to_start(round_trip)
         self.clock = clock
         self.scale = 1.0                             # the window, in multiples of its start
         self.rate_before: Optional[float] = None     # bytes/s at the window before the last doubling
@@ -3630,6 +3660,7 @@ class InFlightWindow:
         if round_trip is not None and self.scale == 1.0 and self.rate_before is None:
             self.start_bytes = self.bytes_to_start(round_trip)
             self.start_files = self.files_to_start(round_trip)
+            self.start_request_bytes = self.request_bytes_to_start(round_trip)
             self._set(1.0, rest=False)
 
     def tick(self, rate: float, errors: bool) -> None:
@@ -3667,6 +3698,14 @@ class InFlightWindow:
         """Each small file holds its slot for at least a round trip: a far store needs many at once."""
         return max(cls.START_FILES, int(cls.FILES_PER_SECOND * (round_trip or 0)))
 
+    @classmethod
+    def request_bytes_to_start(cls, round_trip: Optional[float]) -> float:
+        """Bytes of one-request files in flight at the start: no limit near the store, else what the rate
+        needs over the round trip."""
+        if round_trip is None or round_trip < cls.NEAR:
+            return math.inf
+        return cls.REQUEST_BYTES_PER_SECOND * round_trip
+
     def __str__(self) -> str:
         return f'{human_bytes(self.memory.limit)} in {self.files.limit} files'
 
@@ -3676,7 +3715,8 @@ class InFlightWindow:
     def _set(self, scale: float, rest: bool) -> None:
         self.scale = scale
         self.memory.resize(min(self.ceiling, int(self.start_bytes * scale)))
-        self.files.resize(max(1, min(self.files_ceiling, int(self.start_files * scale))))
+        self.files.resize(max(1, min(self.files_ceiling, int(self.start_files * scale))),
+                          self.start_request_bytes * scale)
         self.fresh = True
         if rest:
             self.rate_before = None
@@ -4632,7 +4672,7 @@ class QuickPuts:
             return
         transfer.count(put)
         transfer.finished(how)
-        self._ended(task.key, room, then=self.flow.files.release)
+        self._ended(task.key, room, then=lambda: self.flow.files.release(self.engine.request_bytes(task)))
 
     def _found_there(self, task: Task, room: int, failure: BaseException) -> bool:
         """A write on condition that no object was at its key, refused for one (or for the condition): a
@@ -4714,7 +4754,7 @@ class Engine:
             for task in self.tasks():
                 if not self._count(task):
                     continue
-                self.flow.files.acquire()
+                self.flow.files.acquire(self.request_bytes(task))
                 if not (quick and quick.send(task)):
                     self._hand_over(files, task, None)
             self.progress.listing_done = True
@@ -4739,7 +4779,13 @@ class Engine:
                    after_failure: bool = False) -> None:
         """A worker copies the file (or proves the PutObject of it already sent), then frees its turn;
         after_failure: a try of it just failed, so the worker waits the retrier's first backoff."""
-        files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.flow.files.release())
+        size = self.request_bytes(task)
+        files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.flow.files.release(size))
+
+    def request_bytes(self, task: Task) -> int:
+        """The file's bytes if it goes in one request (its turn holds them), else 0 (its parts hold memory)."""
+        size = task.source.size
+        return size if size <= self.config.threshold_bytes else 0
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""

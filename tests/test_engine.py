@@ -802,3 +802,29 @@ def test_a_proof_does_not_take_an_unknown_etag_scheme_for_a_contradiction():
     assert proof_of([b'a' * 100, b'b' * 50], checksum=False, etags_known=False)[0].judge(other, {}, 150) == ''
     with pytest.raises(NotOurs):
         proof_of([b'a' * 100, b'b' * 50], checksum=False)[0].judge(other, {}, 150)
+
+
+def test_files_sent_in_one_request_hold_no_more_bytes_in_flight_than_the_gate_allows():
+    """On a long link each such file is a TCP flow in slow start: hundreds at once overflow its queues."""
+    import threading
+    from s3_upload import FileGate
+    gate = FileGate(100, threading.Event(), bytes_limit=1000)
+    gate.acquire(600)
+    waiting = threading.Thread(target=gate.acquire, args=(600,))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and gate.used == 1
+    gate.acquire(0)                 # a multipart file holds memory for its parts, not these bytes
+    gate.release(600)
+    waiting.join(5)
+    assert not waiting.is_alive() and gate.used == 2 and gate.bytes_used == 600
+    alone = FileGate(100, threading.Event(), bytes_limit=10)
+    alone.acquire(50)               # larger than the limit: it goes alone
+    assert alone.bytes_used == 50
+
+
+def test_window_limits_one_request_files_by_bytes_only_on_a_long_link():
+    from s3_upload import InFlightWindow
+    start = InFlightWindow.request_bytes_to_start
+    assert start(None) == start(0.002) == float('inf')
+    assert start(0.1) == 16 * MiB and start(0.25) == 40 * MiB

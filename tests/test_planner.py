@@ -150,3 +150,12 @@ def test_resume_journal_keeps_acknowledged_parts_across_restarts_and_compactions
                      '"part_size": 5}\n{"op": "part", "upload_id": "up-3", "number": 1, "etag": "x"}\n{"op": "op')
     entry = ResumeJournal(path).get('b', 'old', 'up-3')
     assert entry is not None and 'parts' not in entry    # every listed part that fits is kept, as in 2.0
+
+
+def test_no_more_than_four_mib_of_small_files_go_before_the_destination_answers():
+    """What a rerun sends for nothing when the files are there already stays small."""
+    from s3_upload import Unanswered
+    unanswered = Unanswered()
+    assert [unanswered.take(256 * 1024) for _ in range(17)] == [True] * 16 + [False]
+    assert unanswered.take(0)
+    assert not Unanswered().take(256 * 1024 + 1)
