@@ -303,10 +303,10 @@ OPTIONS: Tuple[Option, ...] = (
            'about 100 MiB more'),
     Option('Advanced', 'Concurrency', 'auto', _choice('auto', 'fixed'),
            'auto: the data in flight starts at 2.5 GiB/s x the round trip (64 to 256 MiB), the files in '
-           'flight at 2,560/s x the round trip (at least 32), those sent in one request at most 160 MiB/s x '
-           'the round trip on a long link (each is a TCP flow in slow start), and all double while that '
-           'raises throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits'
-           ' from the start'),
+           'flight at 2,560/s x the round trip (at least 32), files of up to 2 MiB at most 160 MiB/s x the '
+           'round trip on a long link (each is a TCP flow in slow start), and all double while that raises '
+           'throughput, up to MemoryLimit and MaxParallelFile (halved on errors); fixed: both limits from '
+           'the start'),
     Option('Advanced', 'StorageClass', 'STANDARD', _choice(*STORAGE_CLASSES),
            "storage class of the new objects (S3's names; on Google Cloud Storage also NEARLINE, COLDLINE, ARCHIVE, and "
            "S3's are written as GCS's: STANDARD_IA as NEARLINE, GLACIER_IR as COLDLINE, GLACIER and DEEP_ARCHIVE as "
@@ -989,24 +989,30 @@ class ModelCache:
                 gc.enable()
         except (OSError, ValueError, EOFError, TypeError):
             self.known = {}
-        self.loader = botocore.loaders.Loader(extra_search_paths=extra)
+        self.loader = botocore.loaders.Loader(extra_search_paths=extra, file_loader=self.plain_json_loader())
         self.loader._cache.update(self.known)     # the loader's own memo (its cache argument is not used)
 
-    @classmethod
-    def _plain(cls, value: Any) -> Any:
-        """value with botocore's OrderedDicts as dicts (as ordered; marshal takes no OrderedDict)."""
-        if isinstance(value, dict):
-            return {key: cls._plain(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(cls._plain(item) for item in value)
-        return value
+    @staticmethod
+    def plain_json_loader() -> Any:
+        """botocore's JSON file loader, parsing into dicts (ordered as well) instead of OrderedDicts, which
+        marshal cannot write and which are slower to build."""
+        import botocore.loaders
+
+        class PlainJSONFileLoader(botocore.loaders.JSONFileLoader):
+            def _load_file(self, full_path: str, open_method: Any) -> Any:
+                if not os.path.isfile(full_path):
+                    return None
+                with open_method(full_path, 'rb') as handle:
+                    return json.loads(handle.read().decode('utf-8'))
+        return PlainJSONFileLoader()
 
     def save(self) -> None:
-        """Keep what the loader read beyond what the file held (once: later runs read it all from the file)."""
+        """Keep what the loader read beyond what the file held (once: later runs read it all from the file;
+        a run pays it at its end)."""
         if len(self.loader._cache) <= len(self.known):
             return
         try:
-            data = marshal.dumps(self._plain(dict(self.loader._cache)))
+            data = marshal.dumps(dict(self.loader._cache))
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with open(self.path + f'.{os.getpid()}', 'wb') as handle:
                 handle.write(data)
@@ -1089,8 +1095,7 @@ def make_client(profile: str, endpoint: Optional[str], region: str, pool_size: i
     # answer it late make the response unparseable (seen with SeaweedFS).
     client.meta.events.unregister('before-call.s3', botocore.handlers.add_expect_header)
     _cache_endpoint_rules(client, session)
-    if models is not None:
-        models.save()
+    client.model_cache = models     # saved after the job (ModelCache.save): not on the way to the first request
     client.crt_lane = CrtLane.create(client, credentials, verify_tls, pool_size, timeout) if lane else None
     client.data_loader = session.get_component('data_loader')
     return client
@@ -3573,9 +3578,9 @@ class MemoryBudget:
 
 
 class FileGate:
-    """Files in flight stay under a limit, and the bytes of the files sent in one request under another
-    (each such file is a TCP flow in slow start: on a long link, hundreds of them at once overflow its
-    queues); an InFlightWindow may move both. The planner takes a turn before it starts a file, and whoever
+    """Files in flight stay under a limit, and the bytes of small files sent in one request under another
+    (each is a TCP flow in slow start: on a long link, hundreds of them at once overflow its queues); an
+    InFlightWindow may move both. The planner takes a turn before it starts a file, and whoever
     ends the file (its worker, or the lane's answer to a small PUT) gives it back: no worker thread ever
     waits for a turn. `waited`: a file had to wait since it was cleared."""
 
@@ -4783,9 +4788,10 @@ class Engine:
         files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.flow.files.release(size))
 
     def request_bytes(self, task: Task) -> int:
-        """The file's bytes if it goes in one request (its turn holds them), else 0 (its parts hold memory)."""
+        """The file's bytes if it is a small file sent in one request (its turn holds them; up to the lane's
+        largest body: a larger one leaves slow start), else 0 (a multipart file's parts hold memory)."""
         size = task.source.size
-        return size if size <= self.config.threshold_bytes else 0
+        return size if size <= min(self.config.threshold_bytes, CrtLane.MAX_BODY) else 0
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
@@ -5404,6 +5410,9 @@ def run_job(config: Config, stop: Optional[threading.Event] = None, progress: Op
         logger.info(*start_line)
     report = Report.from_progress(engine.progress, engine.stop.is_set(), dry_run)
     destination.judge_conditions()
+    models = getattr(destination.client, 'model_cache', None)
+    if models is not None:
+        models.save()
     probe_checksum = not server_side
     if destination.trusted and _writes_refused(report):
         facts.forget(destination, probe_checksum)      # contradicted: the next run checks again

@@ -229,3 +229,17 @@ def test_a_store_that_ignores_the_condition_is_found_out_by_the_listing(rclone, 
     assert tool.run(settings).code == 0
     assert store_facts(tool)[front.endpoint]['conditional_writes'] is False
     assert bucket_contents(rclone, bucket) == forty_files(tmp_path)
+
+
+def test_botocores_models_are_kept_between_runs_and_a_damaged_copy_is_made_again(seaweed, tool, tmp_path):
+    import marshal
+    tool.env = {**tool.env, 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    folder = write_tree(tmp_path / 'src', {'one.txt': b'1'})
+    settings = dest_settings(seaweed, seaweed.bucket(), SrcDir=folder)
+    assert tool.run(settings).code == 0
+    [kept] = (tmp_path / 'cache' / 's3_upload').iterdir()
+    assert any(key[:2] == ('load_service_model', 's3') for key in marshal.loads(kept.read_bytes()))
+    kept.write_bytes(b'not marshal data')
+    again = tool.run(settings)
+    assert again.code == 0, again.stderr
+    assert any(key[:2] == ('load_service_model', 's3') for key in marshal.loads(kept.read_bytes()))
