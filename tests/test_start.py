@@ -153,7 +153,8 @@ def test_a_store_that_ignores_the_condition_is_remembered_and_gets_no_write_befo
     settings = {**dest_settings(rclone, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
     assert tool.run(settings).code == 0
     write_tree(folder, {'one.txt': b'one, changed'})
-    front.add('delay', method='PUT', seconds=ROUND_TRIP)          # its HEAD answers first: the old object is there
+    front.add('delay', method='HEAD', seconds=ROUND_TRIP)         # the file goes before its HEAD answers,
+    front.add('delay', method='PUT', seconds=2 * ROUND_TRIP)      # which finds the old object there first
     assert tool.run(settings).code == 0
     assert store_facts(tool)[front.endpoint]['conditional_writes'] is False     # rclone wrote over it all the same
     assert rclone.client().get_object(Bucket=bucket, Key='one.txt')['Body'].read() == b'one, changed'
@@ -179,6 +180,8 @@ def test_a_missing_bucket_refuses_a_job_whose_first_writes_went_beside_the_check
     folder = write_tree(tmp_path / 'src', {'one.txt': b'1' * 1024})
     assert tool.run({**dest_settings(moto, moto.bucket(), SrcDir=folder), 'DesEndPointURL': front.endpoint}).code == 0
     restart_log(front)
+    for method in ('GET', 'HEAD'):                  # the check and the HEAD answer after the PUT has gone
+        front.add('delay', method=method, seconds=ROUND_TRIP, times=-1)
     ran = tool.run({**dest_settings(moto, 'no-such-bucket-here', SrcDir=folder), 'DesEndPointURL': front.endpoint})
     assert ran.code == 2, ran.stderr
     assert any(method == 'PUT' for method, _target, _agent in front.agents)     # it went beside the check
