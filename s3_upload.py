@@ -4046,17 +4046,20 @@ class FileTransfer:
 
     def _unless_there(self, there: Optional[Future]) -> None:
         """Raise AlreadyThere if the object at the key (its HEAD's answer) is this file, as the planner judges."""
-        obj, key = self.task.source, self.task.key
-        try:
-            if there is None:
-                raise ConnectionError('no HEAD asked yet')
-            head = there.result()
-        except Exception as error:  # noqa: BLE001 - asked again, with the retrier's patience
-            if not is_retryable(error):
-                raise
-            head = self.retry(f'HeadObject {key}', self.destination.head, key)
-        if head is not None and head.size == obj.size and (self.config.CompareMode == 'size' or self.unchanged()):
+        head = self._head_of(there)
+        if (head is not None and head.size == self.task.source.size
+                and (self.config.CompareMode == 'size' or self.unchanged())):
             raise AlreadyThere()
+
+    def _head_of(self, there: Optional[Future]) -> Optional[Head]:
+        """The key's HEAD: the one in flight (there), else asked now (again, after a transient error)."""
+        if there is not None:
+            try:
+                return there.result()
+            except Exception as error:  # noqa: BLE001 - asked again, with the retrier's patience
+                if not is_retryable(error):
+                    raise
+        return self.retry(f'HeadObject {self.task.key}', self.destination.head, self.task.key)
 
     def prepare_put(self) -> SmallPut:
         """Read the whole file and make what its PutObject sends (waits for the bandwidth limit)."""
