@@ -2638,8 +2638,8 @@ class Destination:
         self.unchecked = refused
 
     def check_beside(self, listing: Future, refused: Callable[[], None]) -> None:
-        """A few files' job: the check's listing goes on beside their first writes, which are its write check
-        too (write_unchecked); if the listing refuses the job, the run ends with its one line."""
+        """A short job: the check's listing goes on beside its first writes, which are its write check too
+        (write_unchecked); if the listing refuses the job, the run ends with its one line."""
         self.write_unchecked(refused)
         self.pending_check = listing
         listing.add_done_callback(lambda done: self._check_failed(done.exception()))
