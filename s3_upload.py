@@ -974,7 +974,8 @@ class ModelCache:
         import botocore.loaders
         data_path = session.get_config_variable('data_path')     # AWS_DATA_PATH, as botocore's own loader
         extra = data_path.split(os.pathsep) if data_path else None
-        paths = botocore.loaders.Loader(extra_search_paths=extra).search_paths
+        self.loader = botocore.loaders.Loader(extra_search_paths=extra, file_loader=self.plain_json_loader())
+        paths = self.loader.search_paths
         mtimes = [os.stat(path).st_mtime if os.path.isdir(path) else 0 for path in paths]
         digest = hashlib.md5(json.dumps([paths, mtimes]).encode(), usedforsecurity=False).hexdigest()[:12]
         folder = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 's3_upload')
@@ -989,7 +990,6 @@ class ModelCache:
                 gc.enable()
         except (OSError, ValueError, EOFError, TypeError):
             self.known = {}
-        self.loader = botocore.loaders.Loader(extra_search_paths=extra, file_loader=self.plain_json_loader())
         self.loader._cache.update(self.known)     # the loader's own memo (its cache argument is not used)
 
     @staticmethod
@@ -2892,9 +2892,7 @@ class Destination:
             checksum: Optional[bytes], only_new: bool = False) -> Tuple[str, str]:
         """PutObject, with Content-MD5 unless md5 is None; (ETag, the checksum the store reports back).
         only_new: on condition that no object is at the key (If-None-Match: *; CONDITION_FAILED if one is)."""
-        params = self._put_params(md5, args, checksum)
-        if only_new:
-            params['IfNoneMatch'] = '*'
+        params = self._put_params(md5, args, checksum, only_new)
         response = None
         if self.lane and len(data) <= self.lane.MAX_BODY and not only_new:
             response = self.lane.put(self.bucket, key, data, params)
@@ -2911,9 +2909,7 @@ class Destination:
         done(None, error) at the end. False (and no call) when the lane cannot carry it."""
         if not self.lane or len(data) > self.lane.MAX_BODY:
             return False
-        params = self._put_params(md5, args, checksum)
-        if only_new:
-            params['IfNoneMatch'] = '*'
+        params = self._put_params(md5, args, checksum, only_new)
 
         def answered(response: Optional[Dict[str, str]], error: Optional[BaseException]) -> None:
             if response is None:
@@ -2927,8 +2923,10 @@ class Destination:
 
         return self.lane.put_async(self.bucket, key, data, params, answered)
 
-    def _put_params(self, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes]) -> Dict[str, Any]:
-        return {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum)}
+    def _put_params(self, md5: Optional[bytes], args: Dict[str, Any], checksum: Optional[bytes],
+                    only_new: bool = False) -> Dict[str, Any]:
+        return {**({'ContentMD5': b64(md5)} if md5 else {}), **args, **self._checksum_arg(checksum),
+                **({'IfNoneMatch': '*'} if only_new else {})}
 
     def create_upload(self, key: str, args: Dict[str, Any]) -> str:
         return self._create(key, args, self.checksum)

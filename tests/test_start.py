@@ -112,6 +112,16 @@ def store_facts(tool) -> dict:
     return {json.loads(name)[0]: fact for name, fact in facts.items() if len(json.loads(name)) == 1}
 
 
+def versioned_moto_job(moto, proxy_for, folder) -> tuple:
+    """(bucket, client, proxy, settings) of a job from folder into a new versioned bucket on moto, behind a
+    proxy (moto honours If-None-Match; its versions show what was written again)."""
+    bucket = moto.bucket()
+    client = moto.client()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={'Status': 'Enabled'})
+    front = proxy_for(moto)
+    return bucket, client, front, {**dest_settings(moto, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+
+
 def restart_log(front) -> None:
     front.clear()
     front.agents.clear()
@@ -120,12 +130,8 @@ def restart_log(front) -> None:
 
 def test_a_few_small_files_go_with_the_first_requests_and_one_already_there_is_not_written_again(
         moto, proxy_for, tool, tmp_path):
-    bucket = moto.bucket()
-    client = moto.client()
-    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={'Status': 'Enabled'})
-    front = proxy_for(moto)
     folder = write_tree(tmp_path / 'src', {'one.txt': b'1' * 1024})
-    settings = {**dest_settings(moto, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    bucket, client, front, settings = versioned_moto_job(moto, proxy_for, folder)
     assert tool.run(settings).code == 0
     assert store_facts(tool)[front.endpoint]['creates_buckets'] is False       # learnt: no write makes a bucket
     write_tree(folder, {'two.txt': b'2' * 2048})
@@ -189,22 +195,14 @@ def test_a_missing_bucket_refuses_a_job_whose_first_writes_went_beside_the_check
     assert len(lines) == 1 and 'does not exist' in lines[0] and 'Traceback' not in ran.stderr, ran.stderr
 
 
-def forty_files(folder, changed: bytes = b'') -> dict:
-    """A short job of more files than are asked by HEAD: its destination is listed."""
-    files = {f'f{number:02}.txt': bytes([65 + number % 26]) * (1000 + number) for number in range(40)}
-    if changed:
-        files['f07.txt'] = changed
-    return files
+# A short job of more files than are asked by HEAD: its destination is listed.
+FORTY_FILES = {f'f{number:02}.txt': bytes([65 + number % 26]) * (1000 + number) for number in range(40)}
 
 
 def test_a_short_jobs_first_writes_go_beside_its_listing_and_objects_already_there_are_not_written_again(
         moto, proxy_for, tool, tmp_path):
-    bucket = moto.bucket()
-    client = moto.client()
-    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={'Status': 'Enabled'})
-    front = proxy_for(moto)
-    folder = write_tree(tmp_path / 'src', forty_files(tmp_path))
-    settings = {**dest_settings(moto, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
+    folder = write_tree(tmp_path / 'src', FORTY_FILES)
+    bucket, client, front, settings = versioned_moto_job(moto, proxy_for, folder)
     assert tool.run({**settings, 'SrcFileIndex': 'f00.txt'}).code == 0        # the store is known from now on
     write_tree(folder, {'f07.txt': b'changed since it was copied'})
     client.put_object(Bucket=bucket, Key='f07.txt', Body=b'7' * 1007)        # there, and not this file
@@ -217,13 +215,13 @@ def test_a_short_jobs_first_writes_go_beside_its_listing_and_objects_already_the
     versions = [version['Key'] for version in client.list_object_versions(Bucket=bucket)['Versions']]
     assert versions.count('f00.txt') == 1                                   # found there: not written again
     assert client.get_object(Bucket=bucket, Key='f07.txt')['Body'].read() == b'changed since it was copied'
-    assert sorted(bucket_contents(moto, bucket)) == sorted(forty_files(tmp_path))
+    assert sorted(bucket_contents(moto, bucket)) == sorted(FORTY_FILES)
 
 
 def test_a_store_that_ignores_the_condition_is_found_out_by_the_listing(rclone, proxy_for, tool, tmp_path):
     bucket = rclone.bucket()
     front = proxy_for(rclone)
-    folder = write_tree(tmp_path / 'src', forty_files(tmp_path))
+    folder = write_tree(tmp_path / 'src', FORTY_FILES)
     settings = {**dest_settings(rclone, bucket, SrcDir=folder), 'DesEndPointURL': front.endpoint}
     assert tool.run({**settings, 'SrcFileIndex': 'f00.txt'}).code == 0
     rclone.client().put_object(Bucket=bucket, Key='f07.txt', Body=b'another object')
@@ -231,7 +229,7 @@ def test_a_store_that_ignores_the_condition_is_found_out_by_the_listing(rclone, 
     front.add('delay', method='PUT', seconds=2 * ROUND_TRIP, times=-1)          # and it sees f07.txt before them
     assert tool.run(settings).code == 0
     assert store_facts(tool)[front.endpoint]['conditional_writes'] is False
-    assert bucket_contents(rclone, bucket) == forty_files(tmp_path)
+    assert bucket_contents(rclone, bucket) == FORTY_FILES
 
 
 def test_botocores_models_are_kept_between_runs_and_a_damaged_copy_is_made_again(seaweed, tool, tmp_path):
