@@ -295,7 +295,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option('Advanced', 'MaxRetry', '20', _int_range(0, 1000),
            'retries of one request after transient errors (exponential backoff with jitter)'),
     Option('Advanced', 'MaxThread', '8', _int_range(1, 256), 'parts in flight per file'),
-    Option('Advanced', 'MaxParallelFile', '256', _int_range(1, 1024),
+    Option('Advanced', 'MaxParallelFile', '512', _int_range(1, 1024),
            'files in flight, at most (Concurrency = auto starts with what the round trip to the store '
            'needs)'),
     Option('Advanced', 'MemoryLimit', '512', _int_range(16, 1048576, ' of MiB'),
@@ -1822,15 +1822,19 @@ class LocalSource(Source):
     reads_locally = True
 
     def small_job(self, files: int, size: int, total: int) -> bool:
-        for number, obj in enumerate(self.objects()):
+        listed = []
+        for obj in self.objects():
+            listed.append(obj)
             total -= obj.size
-            if number >= files or obj.size >= size or total < 0:
+            if len(listed) > files or obj.size >= size or total < 0:
                 return False
+        self.listed = listed        # a short job's listing is kept: its planner need not walk the folder again
         return True
 
     def __init__(self, root: str, single: str = '*') -> None:
         self.root = os.path.abspath(root)
         self.single = '' if single.strip() in ('', '*') else single.strip()
+        self.listed: Optional[List[SourceObject]] = None
 
     def describe(self) -> str:
         return os.path.join(self.root, self.single) if self.single else self.root
@@ -1852,6 +1856,9 @@ class LocalSource(Source):
                                   'or set it to *')
 
     def objects(self) -> Iterator[SourceObject]:
+        if self.listed is not None:
+            yield from self.listed
+            return
         if self.single:
             key = self.single.replace(os.sep, '/').strip('/')
             described = self._describe_file(os.path.join(self.root, self.single), key)

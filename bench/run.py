@@ -133,10 +133,19 @@ class Server:
         self.process = subprocess.Popen(prefix + command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         self.endpoint = f'http://{host}:{port}'
+        self.netns = netns
         if netns:
             time.sleep(2)
         else:
             wait_port(host, port, self.process)
+
+    def forget_link(self) -> None:
+        """Clear what the kernels cached of the long link (ssthresh and round trip per peer, ip tcp_metrics): a
+        lossy run would otherwise start the next tool's connections in congestion avoidance, whoever it is."""
+        if self.netns:
+            for prefix, peer in (([], self.host), (['ip', 'netns', 'exec', self.netns], WAN_HOST)):
+                subprocess.run(prefix + ['ip', 'tcp_metrics', 'flush', peer], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, check=False)
 
     def client(self, who: str = 'main'):
         import boto3
@@ -378,6 +387,7 @@ def transfer(tool: str, job: Job, expected: Dict[str, Tuple[int, str]], workdir:
              kill_after: Optional[float] = None) -> Tuple[float, float, float, bool]:
     built = command_for(tool, job, workdir)
     assert built is not None
+    job.server.forget_link()
     wall, cpu, rss, code = run_measured(*built, kill_after=kill_after)
     if kill_after is not None:
         return wall, cpu, rss, code in (0, -9)

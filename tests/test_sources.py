@@ -27,6 +27,21 @@ def test_local_walk_survives_symlink_loops(tmp_path):
     assert [o.key for o in objects] == ['d/f.txt']
 
 
+def test_a_short_job_copies_the_listing_that_found_it_short(tmp_path):
+    """The folder of a short job is walked once (its start is on the way to the first request): what
+    small_job listed is what the planner gets. A job found not short keeps nothing and walks again."""
+    write_tree(tmp_path, {'a': b'a', 'b/c': b'c'})
+    short = LocalSource(str(tmp_path))
+    assert short.small_job(2, 10, 10)
+    (tmp_path / 'later').write_bytes(b'l')
+    assert [obj.key for obj in short.objects()] == ['a', 'b/c']
+    assert short.small_job(2, 10, 10) and [obj.key for obj in short.objects()] == ['a', 'b/c']
+    longer = LocalSource(str(tmp_path))
+    assert not longer.small_job(2, 10, 10)
+    (tmp_path / 'z').write_bytes(b'z')
+    assert [obj.key for obj in longer.objects()] == ['a', 'b/c', 'later', 'z']
+
+
 def test_a_small_local_file_is_read_whole_and_checked_against_its_listing(tmp_path):
     """fetch returns the file as listed; grown, shrunk, rewritten (same size, new mtime) or gone since
     the listing, it says so instead of handing over other bytes."""
