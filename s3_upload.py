@@ -4604,7 +4604,7 @@ class QuickPuts:
         self.engine = engine
         self.flow = engine.flow
         self.hand_over = hand_over
-        self.largest = min(CrtLane.MAX_BODY, engine.config.threshold_bytes, MAX_PUT_SIZE)
+        self.largest = engine.one_request
         self.reads_locally = engine.source.reads_locally
         self.in_flight = 0
         self.idle = threading.Condition()
@@ -4742,6 +4742,8 @@ class Engine:
         if window and check:        # the check's listing measures the round trip beside the first transfers
             check.add_done_callback(lambda _: window.measured(destination.round_trip))
         self.part_pool = ThreadPoolExecutor(part_workers(config), 'part')
+        # a file of up to this goes in one PutObject that can ride the lane (a larger one leaves slow start)
+        self.one_request = min(config.threshold_bytes, CrtLane.MAX_BODY)
 
     def halt(self, why: str) -> None:
         """Stop the whole run, said once: what failed would fail for every file (the work in hand stays resumable)."""
@@ -4796,10 +4798,10 @@ class Engine:
         files.submit(self._run_file, task, sent, after_failure).add_done_callback(lambda _: self.flow.files.release(size))
 
     def request_bytes(self, task: Task) -> int:
-        """The file's bytes if it is a small file sent in one request (its turn holds them; up to the lane's
-        largest body: a larger one leaves slow start), else 0 (a multipart file's parts hold memory)."""
+        """The file's bytes if it goes in one request (its turn holds them), else 0 (a larger file's parts
+        hold memory)."""
         size = task.source.size
-        return size if size <= min(self.config.threshold_bytes, CrtLane.MAX_BODY) else 0
+        return size if size <= self.one_request else 0
 
     def _tune(self, window: InFlightWindow, finished: threading.Event) -> None:
         """Once a second, tell the in-flight window how many bytes went out and whether requests failed."""
